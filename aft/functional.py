@@ -1,0 +1,635 @@
+"""The AFT operations of Zhai et al. (2021), §3, as pure functions.
+
+Every function returns ``sigmoid(q) * avg`` (Eq. 2), where for position ``t`` and
+channel ``c``::
+
+    avg[t, c] = sum_t' exp(k[t', c] + w[t, t']) v[t', c] / sum_t' exp(k[t', c] + w[t, t'])
+
+(``q=None`` returns ``avg`` itself, the "w/o q" ablation of Table 12). In causal mode
+the sums run over ``t' <= t`` only.
+
+Variants and how they are computed (memory for autograd in brackets):
+
+* :func:`aft_full`    Eq. 2. Two matrix products ``exp(w) @ (exp(k) * v)`` and
+  ``exp(w) @ exp(k)`` [O(T^2 + T d)], in a few row blocks when causal.
+* :func:`aft_simple`  Eq. 5. A softmax over time, or a ``logcumsumexp`` scan when causal
+  [O(T d)].
+* :func:`aft_local`   Eq. 4. Positive terms only: log-space prefix (and suffix) sums over
+  the positions outside the window plus a banded ``exp(k + w)`` sum inside it, computed
+  block by block with matrix products [O(T s d)].
+* :func:`aft_conv1d`  Eq. 6 with a Toeplitz bias per head; the same banded machinery.
+* :func:`aft_conv2d`  Eq. 6 on a 2-d grid: a depthwise ``conv2d`` inside the kernel plus
+  global sums over the rows above/below and the columns left/right of it [O(Y X d)].
+
+Numerics. Exponentials are taken after subtracting separable shifts (a row max of the
+bias, a per-channel max of the keys per block), so nothing overflows; float32 products of
+two shifted exponentials are exact unless the largest term of a sum is below ~e^-57 of
+its shift. That is checked on the computed denominators: if any is that small (keys and
+biases both of magnitude ~1e2 can do it) the call is recomputed by :func:`_exact_rows`,
+a row-chunked log-sum-exp that is exact for any scale and saves no T x T x d tensor.
+Under autocast the core runs in float32 and the result is cast back to ``v``'s dtype.
+
+The ``exp(w) - 1`` form of Eq. 6 is never used: it subtracts when ``w < 0`` and loses
+precision; AFT-local and AFT-conv sum ``exp(k)`` outside the window and ``exp(k + w)``
+inside it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+# A computed (shifted) denominator below this means the largest term lay ~57 nats under
+# its shift: float32 products may have flushed to zero, so recompute exactly.
+_MIN_SHIFTED_DENOMINATOR = 1e-25
+# Elements of the (B, chunk, T, channels) logits tensor of the exact path.
+_EXACT_CHUNK_ELEMENTS = 1 << 22
+_NEG = -1e30  # "minus infinity" for padded keys that keeps x - max finite
+
+FactorizedBias = tuple[Tensor, Tensor]
+"""``(u, v)`` with shapes ``(T, d')`` each, standing for ``w = u @ v.T`` (Eq. 7)."""
+
+BiasRows = Callable[[int, int], Tensor]
+"""``rows(r0, r1) -> (Hb, r1 - r0, T)``: bias rows, ``-inf`` where a pair is excluded."""
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def aft_full(
+    q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, causal: bool = False
+) -> Tensor:
+    """AFT-full, Eq. 2.
+
+    Args:
+        q, k, v: ``(B, T, D)``; ``q=None`` drops the query gate.
+        w: ``(T, T)`` pair-wise position bias, ``w[t, t']``.
+        causal: restrict the sums to ``t' <= t``.
+
+    Returns:
+        ``(B, T, D)``.
+    """
+    _check_same_shape(k, v, "k", "v")
+    T = k.shape[1]
+    _check_shape(w, (T, T), "w")
+    with _float32_core(k) as cast:
+        k32, v32, w32 = cast(k), cast(v), cast(w)
+        avg = _full_matmul(k32, v32, w32, causal)
+        if avg is None:
+            avg = _exact_rows(k32, v32, lambda r0, r1: w32[r0:r1].unsqueeze(0), causal)
+    return _gate(q, avg, v)
+
+
+def aft_simple(q: Tensor | None, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
+    """AFT-simple, Eq. 5: ``sigmoid(q) * sum_t' softmax(k)_t' * v_t'``.
+
+    Args:
+        q, k, v: ``(B, T, D)``; ``q=None`` drops the query gate.
+        causal: restrict the sums to ``t' <= t`` (a ``logcumsumexp`` scan: exact for
+            any key scale, O(T D) time and memory).
+
+    Returns:
+        ``(B, T, D)``.
+    """
+    _check_same_shape(k, v, "k", "v")
+    with _float32_core(k) as cast:
+        k32, v32 = cast(k), cast(v)
+        if causal:
+            log_z = torch.logcumsumexp(k32, dim=1)
+            avg = sum(
+                sign * torch.exp(torch.logcumsumexp(k32 + log_part, dim=1) - log_z)
+                for sign, log_part in _signed_log_parts(v32)
+            )
+        else:
+            avg = (torch.softmax(k32, dim=1) * v32).sum(dim=1, keepdim=True)
+            avg = avg.expand_as(v32)
+    return _gate(q, avg, v)
+
+
+def aft_local(
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor | FactorizedBias,
+    window: int,
+    causal: bool = False,
+) -> Tensor:
+    """AFT-local, Eq. 4: ``w[t, t']`` is used where ``|t - t'| < window`` and is 0 elsewhere.
+
+    Positions outside the window still contribute with bias 0 (global connectivity);
+    ``window=0`` is AFT-simple.
+
+    Args:
+        q, k, v: ``(B, T, D)``; ``q=None`` drops the query gate.
+        w: ``(T, T)`` dense bias, or a pair ``(u, v)`` of ``(T, d')`` factors with
+            ``w = u v^T`` (Eq. 7), which is never materialized as ``T x T``.
+        window: the local window size ``s`` of Eq. 4.
+        causal: restrict the sums to ``t' <= t``; the window is then ``t - s < t' <= t``.
+
+    Returns:
+        ``(B, T, D)``.
+    """
+    _check_same_shape(k, v, "k", "v")
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
+    T = k.shape[1]
+    if window == 0:
+        return aft_simple(q, k, v, causal=causal)
+    factorized = isinstance(w, (tuple, list))
+    if factorized:
+        _check_shape(w[0], (T, w[0].shape[-1]), "w[0] (u)")
+        _check_shape(w[1], (T, w[0].shape[-1]), "w[1] (v)")
+    else:
+        _check_shape(w, (T, T), "w")
+    with _float32_core(k) as cast:
+        k32, v32 = cast(k), cast(v)
+        bias = (cast(w[0]), cast(w[1])) if factorized else cast(w)
+        band = _local_band_blocks(bias, T, window, causal)
+        avg = _banded(k32, v32, band, window, causal, global_connectivity=True)
+        if avg is None:
+            rows = _local_bias_rows(bias, T, window)
+            avg = _exact_rows(k32, v32, rows, causal)
+    return _gate(q, avg, v)
+
+
+def aft_conv1d(
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    causal: bool = False,
+    global_connectivity: bool = True,
+) -> Tensor:
+    """AFT-conv on a 1-d sequence, Eq. 6 (computed as positive sums, see module doc).
+
+    Channel ``c`` of ``D`` belongs to head ``c // (D // H)``. Non-causal: ``w[h, j]`` is the
+    bias for ``t' = t + j - S//2`` (``S`` odd). Causal: ``w[h, j]`` is the bias for
+    ``t' = t - j``. Outside the kernel the bias is 0 (global sums), so the result equals
+    :func:`aft_full` with a Toeplitz bias per head.
+
+    Args:
+        q, v: ``(B, T, D)``; ``q=None`` drops the query gate.
+        k: ``(B, T, H)``, one key channel per head.
+        w: ``(H, S)`` kernel of position biases.
+        causal: restrict the sums to ``t' <= t``.
+        global_connectivity: ``False`` gives the degenerate variant of §5.3 with bias
+            ``-inf`` outside the kernel.
+
+    Returns:
+        ``(B, T, D)``.
+    """
+    H, S = _check_heads(k, v, w, ndim=1)
+    if not causal and S % 2 == 0:
+        raise ValueError(f"non-causal aft_conv1d needs an odd kernel size, got S={S}")
+    T = k.shape[1]
+    window = S if causal else S // 2 + 1
+    with _float32_core(k) as cast:
+        k32, v32, w32 = cast(k), cast(v), cast(w)
+        band = _conv1d_band_blocks(w32, window, causal)
+        avg = _banded(k32, v32, band, window, causal, global_connectivity)
+        if avg is None:
+            rows = _conv1d_bias_rows(w32, T, causal, global_connectivity)
+            avg = _exact_rows(k32, v32, rows, causal)
+    return _gate(q, avg, v)
+
+
+def aft_conv2d(
+    q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, global_connectivity: bool = True
+) -> Tensor:
+    """AFT-conv on a 2-d grid, Eq. 6 (non-causal), for any grid size ``Y x X``.
+
+    ``w[h, a, b]`` is the bias for ``(y + a - S//2, x + b - S//2)``: cross-correlation as in
+    ``torch.nn.functional.conv2d`` with padding ``S//2``. Outside the kernel the bias is 0
+    (global sums over the whole grid), so the result equals :func:`aft_full` over the
+    raster-ordered grid with a 2-d Toeplitz bias per head.
+
+    Args:
+        q, v: ``(B, Y, X, D)``; ``q=None`` drops the query gate.
+        k: ``(B, Y, X, H)``, one key channel per head.
+        w: ``(H, S, S)`` kernel of position biases, ``S`` odd.
+        global_connectivity: ``False`` puts ``-inf`` outside the kernel (§5.3 ablation).
+
+    Returns:
+        ``(B, Y, X, D)``.
+    """
+    H, S = _check_heads(k, v, w, ndim=2)
+    if S % 2 == 0:
+        raise ValueError(f"aft_conv2d needs an odd kernel size, got S={S}")
+    B, Y, X, D = v.shape
+    with _float32_core(k) as cast:
+        k32, v32, w32 = cast(k), cast(v), cast(w)
+        avg = _conv2d_sums(k32, v32, w32, global_connectivity)
+        if avg is None:
+            rows = _conv2d_bias_rows(w32, Y, X, global_connectivity)
+            flat = _exact_rows(k32.reshape(B, Y * X, H), v32.reshape(B, Y * X, D), rows, False)
+            avg = flat.reshape(B, Y, X, D)
+    return _gate(q, avg, v)
+
+
+def position_bias_entropy(w: Tensor) -> Tensor:
+    """Sparsity regularizer of Eq. 9: ``sum_h entropy(softmax(w[h]))``.
+
+    Args:
+        w: ``(H, ...)`` position biases; the softmax runs over all entries of a head.
+
+    Returns:
+        A scalar.
+    """
+    logits = w.reshape(w.shape[0], -1).float()
+    log_p = torch.log_softmax(logits, dim=-1)
+    return -(log_p.exp() * log_p).sum()
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def upcast(t: Tensor) -> Tensor:
+    """float16/bfloat16 to float32 (the dtype of the AFT core); other dtypes unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+class _float32_core:
+    """Context that disables autocast and casts tensors to float32 (the AFT core)."""
+
+    def __init__(self, like: Tensor) -> None:
+        self._autocast = torch.autocast(like.device.type, enabled=False)
+
+    def __enter__(self) -> Callable[[Tensor], Tensor]:
+        self._autocast.__enter__()
+        return upcast
+
+    def __exit__(self, *exc: object) -> None:
+        self._autocast.__exit__(*exc)
+
+
+def _gate(q: Tensor | None, avg: Tensor, v: Tensor) -> Tensor:
+    """``sigmoid(q) * avg`` (Eq. 2) or ``avg`` alone, in ``v``'s dtype."""
+    if q is not None:
+        _check_same_shape(q, v, "q", "v")
+        avg = torch.sigmoid(q.to(avg.dtype)) * avg
+    return avg.to(v.dtype)
+
+
+def _check_shape(t: Tensor, shape: tuple[int, ...], name: str) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def _check_same_shape(a: Tensor, b: Tensor, na: str, nb: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{na} and {nb} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def _check_heads(k: Tensor, v: Tensor, w: Tensor, ndim: int) -> tuple[int, int]:
+    """Validate AFT-conv shapes; returns ``(H, S)``."""
+    if k.shape[:-1] != v.shape[:-1] or k.dim() != ndim + 2:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must share (B, *grid) with {ndim}-d grid")
+    H, D = k.shape[-1], v.shape[-1]
+    if w.dim() != ndim + 1 or w.shape[0] != H or len(set(w.shape[1:])) != 1:
+        raise ValueError(f"w must have shape (H={H}{', S' * ndim}), got {tuple(w.shape)}")
+    if D % H:
+        raise ValueError(f"heads H={H} must divide the value dim D={D}")
+    return H, w.shape[1]
+
+
+def _signed_log_parts(v: Tensor) -> tuple[tuple[float, Tensor], tuple[float, Tensor]]:
+    """``v = softplus(v) - softplus(-v)`` as ``((+1, log softplus(v)), (-1, log softplus(-v)))``.
+
+    Both parts are positive and smooth, so numerators ``sum exp(k) v`` can be summed in
+    log space (``logcumsumexp``) per part; every value is split on its own, so a causal
+    sum never depends on later positions.
+    """
+    return (1.0, _log_softplus(v)), (-1.0, _log_softplus(-v))
+
+
+def _log_softplus(x: Tensor) -> Tensor:
+    """``log(softplus(x))``, equal to ``x`` (to float precision) where ``softplus`` underflows."""
+    return torch.where(x < -30.0, x, torch.log(F.softplus(x.clamp(min=-30.0))))
+
+
+def _full_matmul(k: Tensor, v: Tensor, w: Tensor, causal: bool) -> Tensor | None:
+    """AFT-full with shifted exponentials and matrix products; ``None`` if underflowed.
+
+    Causal mode runs a few row blocks, each with a key shift over the keys it can see,
+    so that keys growing along the sequence do not flush the early rows to zero.
+    """
+    B, T, D = k.shape
+    n_blocks = min(8, math.ceil(T / 128)) if causal else 1
+    size = math.ceil(T / n_blocks)
+    outputs = []
+    for r0 in range(0, T, size):
+        r1 = min(T, r0 + size)
+        c1 = r1 if causal else T
+        rows = w[r0:r1, :c1]
+        if causal:
+            future = torch.ones(r1 - r0, c1, dtype=torch.bool, device=w.device).triu(r0 + 1)
+            rows = rows.masked_fill(future, -math.inf)
+        ew = torch.exp(rows - rows.detach().amax(dim=1, keepdim=True))  # (R, C)
+        ek = torch.exp(k[:, :c1] - k[:, :c1].detach().amax(dim=1, keepdim=True))  # (B, C, D)
+        den = ew @ ek
+        if not bool((den >= _MIN_SHIFTED_DENOMINATOR).all()):
+            return None
+        outputs.append((ew @ (ek * v[:, :c1])) / den)
+    return torch.cat(outputs, dim=1)
+
+
+# ---------------------------------------------------------------- banded (local, conv1d)
+
+
+class _BandBlocks:
+    """Bias of one row block's band, ``(Hb, n_blocks or 1, C, Wd)``, and the block size.
+
+    Row ``i`` of block ``n`` is position ``t = n C + i``; column ``j`` is key
+    ``t' = n C + j - (window - 1)``. Entries outside the band or with ``t'`` outside
+    ``[0, T)`` are ``-inf``.
+    """
+
+    def __init__(self, bias: Tensor, block: int) -> None:
+        self.bias = bias
+        self.block = block
+
+
+def _block_size(window: int) -> int:
+    return max(window, 64)
+
+
+def _band_geometry(T: int, window: int, causal: bool) -> tuple[int, int, int]:
+    """``(C, n_blocks, Wd)``: block size, number of row blocks and band columns."""
+    C = _block_size(window)
+    n = math.ceil(T / C)
+    width = C + window - 1 if causal else C + 2 * (window - 1)
+    return C, n, width
+
+
+def _band_offsets(C: int, width: int, window: int, device: torch.device) -> Tensor:
+    """``(C, Wd)`` offsets ``t' - t`` of the band columns of a block."""
+    i = torch.arange(C, device=device).unsqueeze(1)
+    j = torch.arange(width, device=device).unsqueeze(0)
+    return j - i - (window - 1)
+
+
+def _in_band(offsets: Tensor, window: int, causal: bool) -> Tensor:
+    return (offsets <= 0) & (offsets > -window) if causal else offsets.abs() < window
+
+
+def _local_band_blocks(
+    bias: Tensor | FactorizedBias, T: int, window: int, causal: bool
+) -> _BandBlocks:
+    """AFT-local band bias ``(1, n, C, Wd)`` from a dense or factorized ``w``."""
+    C, n, width = _band_geometry(T, window, causal)
+    device = bias[0].device if isinstance(bias, tuple) else bias.device
+    offsets = _band_offsets(C, width, window, device)
+    rows = torch.arange(n, device=device).view(n, 1, 1) * C + torch.arange(C, device=device).view(1, C, 1)
+    cols = rows + offsets  # (n, C, Wd) absolute key positions
+    valid = _in_band(offsets, window, causal) & (rows < T) & (cols >= 0) & (cols < T)
+    if isinstance(bias, tuple):
+        u, v = bias
+        pad_rows = n * C - T
+        u_blocks = F.pad(u, (0, 0, 0, pad_rows)).view(n, C, -1)
+        v_padded = F.pad(v, (0, 0, window - 1, pad_rows + (0 if causal else window - 1)))
+        v_blocks = v_padded.unfold(0, width, C).transpose(1, 2)  # (n, Wd, d')
+        values = u_blocks @ v_blocks.transpose(1, 2)
+    else:
+        values = bias[rows.clamp(max=T - 1), cols.clamp(0, T - 1)]
+    return _BandBlocks(values.masked_fill(~valid, -math.inf).unsqueeze(0), C)
+
+
+def _conv1d_band_blocks(w: Tensor, window: int, causal: bool) -> _BandBlocks:
+    """AFT-conv1d band bias ``(H, 1, C, Wd)``: the same Toeplitz block for every block."""
+    C, _, width = _band_geometry(1, window, causal)
+    offsets = _band_offsets(C, width, window, w.device)
+    index = (-offsets if causal else offsets + window - 1).clamp(0, w.shape[1] - 1)
+    values = w[:, index]  # (H, C, Wd)
+    values = values.masked_fill(~_in_band(offsets, window, causal), -math.inf)
+    return _BandBlocks(values.unsqueeze(1), C)
+
+
+def _banded(
+    k: Tensor, v: Tensor, band: _BandBlocks, window: int, causal: bool, global_connectivity: bool
+) -> Tensor | None:
+    """Weighted average with a banded bias (AFT-local, AFT-conv1d); ``None`` if underflowed.
+
+    Inside the band: ``sum exp(k + w) v`` per row block as matrix products against the
+    block's keys. Outside it (bias 0): ``logcumsumexp`` prefix (and suffix) sums, exact for
+    any scale, of the two positive parts of ``v`` (:func:`_signed_log_parts`). Both are
+    merged per position against a common log-space reference.
+
+    Args:
+        k: ``(B, T, Hk)`` keys, ``Hk`` divides ``D``; channel ``c`` uses key ``c // (D // Hk)``.
+        v: ``(B, T, D)``.
+        band: band bias with ``Hb`` = 1 (shared by all channels) or ``Hk`` heads.
+    """
+    B, T, Hk = k.shape
+    D = v.shape[-1]
+    G = D // Hk
+    C = band.block
+    _, n, width = _band_geometry(T, window, causal)
+    if global_connectivity:
+        log_z_out = _outside_window_logsumexp(k, window, causal)
+        keys = _per_channel(k, G)
+        log_n_out = [(sign, _outside_window_logsumexp(keys + part, window, causal)) for sign, part in _signed_log_parts(v)]
+    else:
+        log_z_out = torch.full_like(k, _NEG)
+        log_n_out = []
+
+    pad = (window - 1, n * C - T + (0 if causal else window - 1))
+    k_blocks = F.pad(k, (0, 0, *pad), value=_NEG).unfold(1, width, C)  # (B, n, Hk, Wd)
+    v_blocks = F.pad(v, (0, 0, *pad)).unfold(1, width, C)  # (B, n, D, Wd)
+    key_shift = k_blocks.detach().amax(dim=-1, keepdim=True)  # (B, n, Hk, 1)
+    ek = torch.exp(k_blocks - key_shift)
+    bias = band.bias
+    bias_shift = bias.detach().amax(dim=-1, keepdim=True)
+    bias_shift = torch.where(torch.isfinite(bias_shift), bias_shift, torch.zeros_like(bias_shift))
+    ew = torch.exp(bias - bias_shift).expand(-1, n, -1, -1)  # (Hb, n, C, Wd)
+
+    if bias.shape[0] == 1:
+        num = ew[0] @ (_per_channel(ek, G, dim=2) * v_blocks).transpose(-1, -2)  # (B, n, C, D)
+        den = ew[0] @ ek.transpose(-1, -2)  # (B, n, C, Hk)
+        shift = bias_shift[0] + key_shift.transpose(-1, -2)  # (B, n, C, Hk)
+    else:
+        ekv = ek.unsqueeze(3) * v_blocks.reshape(B, n, Hk, G, width)
+        num = torch.einsum("hncw,bnhgw->bnchg", ew, ekv).reshape(B, n, C, D)
+        den = torch.einsum("hncw,bnhw->bnch", ew, ek)
+        shift = bias_shift.squeeze(-1).permute(1, 2, 0) + key_shift.squeeze(-1).unsqueeze(2)
+
+    num, den, shift = (x.reshape(B, n * C, -1)[:, :T] for x in (num, den, shift))
+    ref = torch.maximum(shift, log_z_out).detach()
+    den = den * torch.exp(shift - ref) + torch.exp(log_z_out - ref)
+    if not bool((den >= _MIN_SHIFTED_DENOMINATOR).all()):
+        return None
+    shift, ref, den = (_per_channel(x, G) for x in (shift, ref, den))
+    num = num * torch.exp(shift - ref)
+    for sign, log_part in log_n_out:
+        num = num + sign * torch.exp(log_part - ref)
+    return num / den
+
+
+def _per_channel(x: Tensor, group: int, dim: int = -1) -> Tensor:
+    """Repeat each key head ``group`` times along ``dim`` so it lines up with ``D`` channels."""
+    return x if group == 1 else x.repeat_interleave(group, dim=dim)
+
+
+def _outside_window_logsumexp(x: Tensor, window: int, causal: bool) -> Tensor:
+    """``log sum exp x[t']`` over ``t' <= t - window`` (and ``t' >= t + window`` unless causal).
+
+    Args:
+        x: ``(B, T, C)``.
+
+    Returns:
+        ``(B, T, C)``, ``_NEG`` where the set is empty.
+    """
+    T = x.shape[1]
+    empty = torch.full_like(x, _NEG)
+    if window >= T:
+        return empty
+    prefix = F.pad(torch.logcumsumexp(x, dim=1)[:, : T - window], (0, 0, window, 0), value=_NEG)
+    if causal:
+        return prefix
+    suffix = torch.logcumsumexp(x.flip(1), dim=1).flip(1)[:, window:]
+    return torch.logaddexp(prefix, F.pad(suffix, (0, 0, 0, window), value=_NEG))
+
+
+# ------------------------------------------------------------------------------ conv2d
+
+
+def _conv2d_sums(k: Tensor, v: Tensor, w: Tensor, global_connectivity: bool) -> Tensor | None:
+    """AFT-conv2d weighted average; ``None`` if underflowed.
+
+    Inside the kernel: depthwise ``conv2d`` of ``exp(k) v`` and ``exp(k)`` with ``exp(w)``.
+    Outside it: sums of the same terms over the rows above and below the kernel and over
+    the columns left and right of it within its rows (:func:`_outside_kernel_sums`).
+    """
+    B, Y, X, D = v.shape
+    H, S = w.shape[0], w.shape[-1]
+    G = D // H
+    kc, vc = k.permute(0, 3, 1, 2), v.permute(0, 3, 1, 2)  # (B, H, Y, X), (B, D, Y, X)
+    ek = torch.exp(kc - kc.detach().amax(dim=(2, 3), keepdim=True))
+    bias_shift = w.detach().amax(dim=(1, 2), keepdim=True)  # (H, 1, 1)
+    ew = torch.exp(w - bias_shift).unsqueeze(1)  # (H, 1, S, S)
+    ekv = _per_channel(ek, G, dim=1) * vc
+    num = F.conv2d(ekv, _per_channel(ew, G, dim=0), padding=S // 2, groups=D)
+    den = F.conv2d(ek, ew, padding=S // 2, groups=H)
+    if global_connectivity:
+        ref = bias_shift.clamp(min=0.0).unsqueeze(0)  # (1, H, 1, 1)
+        inside, outside = torch.exp(bias_shift.unsqueeze(0) - ref), torch.exp(-ref)
+        den = den * inside + _outside_kernel_sums(ek, S // 2) * outside
+        num = num * _per_channel(inside, G, 1) + _outside_kernel_sums(ekv, S // 2) * _per_channel(outside, G, 1)
+    if not bool((den >= _MIN_SHIFTED_DENOMINATOR).all()):
+        return None
+    return (num / _per_channel(den, G, dim=1)).permute(0, 2, 3, 1)
+
+
+def _outside_kernel_sums(x: Tensor, radius: int) -> Tensor:
+    """``sum x[y', x']`` over the grid cells outside the ``(2r+1)^2`` box around ``(y, x)``.
+
+    Rows above and below the box, plus the cells left and right of it within its rows;
+    every term is added, none subtracted.
+
+    Args:
+        x: ``(B, C, Y, X)``, non-negative.
+
+    Returns:
+        ``(B, C, Y, X)``.
+    """
+    size = 2 * radius + 1
+    rows = x.sum(dim=-1)  # (B, C, Y)
+    above = _shift_right(rows.cumsum(-1), radius + 1)
+    below = _shift_left(rows.flip(-1).cumsum(-1).flip(-1), radius + 1)
+    left = _shift_right(x.cumsum(-1), radius + 1)
+    right = _shift_left(x.flip(-1).cumsum(-1).flip(-1), radius + 1)
+    band = F.avg_pool2d(left + right, (size, 1), stride=1, padding=(radius, 0)) * size
+    return (above + below).unsqueeze(-1) + band
+
+
+def _shift_right(x: Tensor, n: int) -> Tensor:
+    """``out[..., i] = x[..., i - n]`` and 0 where ``i < n``."""
+    length = x.shape[-1]
+    return torch.zeros_like(x) if n >= length else F.pad(x[..., : length - n], (n, 0))
+
+
+def _shift_left(x: Tensor, n: int) -> Tensor:
+    """``out[..., i] = x[..., i + n]`` and 0 where ``i + n`` is past the end."""
+    length = x.shape[-1]
+    return torch.zeros_like(x) if n >= length else F.pad(x[..., n:], (0, n))
+
+
+# ------------------------------------------------------------------------ exact fallback
+
+
+def _exact_rows(k: Tensor, v: Tensor, rows: BiasRows, causal: bool) -> Tensor:
+    """Exact weighted average for any scale: a softmax over ``t'`` per row chunk.
+
+    Each chunk builds ``(B, chunk, T, Hk)`` logits inside a checkpoint, so autograd keeps
+    only the inputs; the chunk is sized to ``_EXACT_CHUNK_ELEMENTS``. O(T^2 d) time.
+
+    Args:
+        k: ``(B, T, Hk)``; v: ``(B, T, D)``; rows: see :data:`BiasRows`.
+    """
+    B, T, Hk = k.shape
+    chunk = max(1, _EXACT_CHUNK_ELEMENTS // (B * T * Hk))
+    out = [
+        checkpoint(_exact_chunk, k, v, rows, r0, min(T, r0 + chunk), causal, use_reentrant=False)
+        for r0 in range(0, T, chunk)
+    ]
+    return torch.cat(out, dim=1)
+
+
+def _exact_chunk(k: Tensor, v: Tensor, rows: BiasRows, r0: int, r1: int, causal: bool) -> Tensor:
+    B, T, Hk = k.shape
+    D = v.shape[-1]
+    bias = rows(r0, r1).permute(1, 2, 0)  # (R, T, Hb)
+    if causal:
+        future = torch.arange(T, device=k.device) > torch.arange(r0, r1, device=k.device).unsqueeze(1)
+        bias = bias.masked_fill(future.unsqueeze(-1), -math.inf)
+    weights = torch.softmax(k.unsqueeze(1) + bias, dim=2)  # (B, R, T, Hk)
+    out = torch.einsum("brth,bthg->brhg", weights, v.reshape(B, T, Hk, D // Hk))
+    return out.reshape(B, r1 - r0, D)
+
+
+def _local_bias_rows(bias: Tensor | FactorizedBias, T: int, window: int) -> BiasRows:
+    """Rows of the AFT-local bias: ``w`` inside ``|t - t'| < window``, 0 outside."""
+
+    def rows(r0: int, r1: int) -> Tensor:
+        values = bias[0][r0:r1] @ bias[1].T if isinstance(bias, tuple) else bias[r0:r1]
+        offsets = torch.arange(T, device=values.device) - torch.arange(r0, r1, device=values.device).unsqueeze(1)
+        return values.masked_fill(offsets.abs() >= window, 0.0).unsqueeze(0)
+
+    return rows
+
+
+def _conv1d_bias_rows(w: Tensor, T: int, causal: bool, global_connectivity: bool) -> BiasRows:
+    """Rows of the Toeplitz bias of AFT-conv1d, ``(H, R, T)``."""
+    S = w.shape[1]
+
+    def rows(r0: int, r1: int) -> Tensor:
+        offsets = torch.arange(T, device=w.device) - torch.arange(r0, r1, device=w.device).unsqueeze(1)
+        index = -offsets if causal else offsets + S // 2
+        inside = (index >= 0) & (index < S)
+        return _kernel_values(w[:, index.clamp(0, S - 1)], inside, global_connectivity)
+
+    return rows
+
+
+def _conv2d_bias_rows(w: Tensor, Y: int, X: int, global_connectivity: bool) -> BiasRows:
+    """Rows of the 2-d Toeplitz bias of AFT-conv2d over the raster-ordered grid."""
+    S = w.shape[-1]
+    r = S // 2
+    ys, xs = torch.arange(Y * X, device=w.device).div(X, rounding_mode="floor"), torch.arange(Y * X, device=w.device) % X
+
+    def rows(r0: int, r1: int) -> Tensor:
+        dy = ys.unsqueeze(0) - ys[r0:r1].unsqueeze(1) + r
+        dx = xs.unsqueeze(0) - xs[r0:r1].unsqueeze(1) + r
+        inside = (dy >= 0) & (dy < S) & (dx >= 0) & (dx < S)
+        return _kernel_values(w[:, dy.clamp(0, S - 1), dx.clamp(0, S - 1)], inside, global_connectivity)
+
+    return rows
+
+
+def _kernel_values(values: Tensor, inside: Tensor, global_connectivity: bool) -> Tensor:
+    """Kernel biases inside, 0 (global connectivity) or ``-inf`` outside the kernel."""
+    return values.masked_fill(~inside, 0.0 if global_connectivity else -math.inf)

@@ -1,0 +1,1 @@
+"""Training and evaluation machinery behind ``train.py`` and ``eval.py``."""

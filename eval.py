@@ -1,0 +1,147 @@
+"""Evaluate a trained run on whole splits and write one JSON record per evaluation.
+
+    python eval.py runs/default                           # every eval split of the run's data
+    python eval.py runs/<run> --splits test --speed       # + Table 7 inference speed/memory (batch 256)
+    python eval.py runs/<run>/checkpoints/last.pt data.eval_image_size=384   # AFT-conv at 384 (§5.3)
+
+The run's saved config (``<run>/.hydra/config.yaml``) rebuilds the model and data; trailing
+``key=value`` arguments override it (e.g. a resolution or a data path). Records go to
+``results/runs/<experiment>-<config hash>-<split>[-<overrides hash>].json`` with the metrics,
+device and command. Enwik8 scores every byte, CIFAR10 every sub-pixel, ImageNet every image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from aft.training import checkpoint as ckpt
+from aft.training.distributed import DistInfo
+from aft.training.evaluate import evaluate, inference_speed
+
+
+def locate(path: Path) -> tuple[Path, Path]:
+    """``(run_dir, checkpoint)`` from a run folder or a checkpoint file."""
+    if path.is_file():
+        return path.parent.parent, path
+    checkpoint = path / "checkpoints" / ckpt.LAST
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}: train first (python train.py ...) or pass a .pt file")
+    return path, checkpoint
+
+
+def load_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, str]:
+    """The run's resolved config with ``overrides`` applied, and the experiment name."""
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{config_file} is missing: {run_dir} is not a train.py run folder")
+    cfg = OmegaConf.load(config_file)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not key=value")
+        OmegaConf.update(cfg, key, yaml.safe_load(value), force_add=True)
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    experiment = "default"
+    if hydra_file.exists():
+        choices = OmegaConf.load(hydra_file).hydra.runtime.choices
+        experiment = choices.get("experiment") or "default"
+    return cfg, experiment
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """First 12 hex digits of the SHA-256 of the resolved config."""
+    text = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
+
+
+def speed_example(data: Any, batch_size: int) -> torch.Tensor:
+    """A batch of inputs of the run's shape: tokens ``(B, T)`` or images ``(B, 3, H, W)``."""
+    if data.task == "lm":
+        return torch.randint(0, data.vocab_size, (batch_size, data.seq_len))
+    images, _ = next(iter(data.eval_dataloader(data.eval_splits[0], 1)))
+    return images.expand(batch_size, *images.shape[1:]).contiguous()
+
+
+def evaluate_run(args: argparse.Namespace) -> list[Path]:
+    run_dir, checkpoint = locate(args.run)
+    cfg, experiment = load_config(run_dir, args.overrides)
+    device = torch.device(args.device)
+    data = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    state = ckpt.load(checkpoint)
+    model.load_state_dict(state["model"])
+    model.to(device)
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+    precision = args.precision or cfg.trainer.precision
+    base = {
+        "experiment": experiment,
+        "config_hash": config_hash(cfg),
+        "run_dir": str(run_dir),
+        "checkpoint": str(checkpoint),
+        "step": state["step"],
+        "overrides": args.overrides,
+        "device": device_name(device),
+        "precision": precision,
+        "torch": torch.__version__,
+        "command": "python " + " ".join(sys.argv),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    speed = None
+    if args.speed:
+        speed = inference_speed(model, speed_example(data, args.speed_batch_size), device, precision)
+    written = []
+    for split in args.splits or data.eval_splits:
+        loader = data.eval_dataloader(split, args.batch_size or cfg.trainer.eval_batch_size)
+        metrics = evaluate(model, loader, data.task, dist, precision)
+        if data.task == "lm":
+            metrics["unit"] = data.bits_unit
+        record = {**base, "split": split, "metrics": {**metrics, **(speed or {})}}
+        written.append(_write(record, args.out, args.overrides))
+        print(json.dumps({"split": split, **record["metrics"]}), flush=True)
+    return written
+
+
+def _write(record: dict[str, Any], out: Path, overrides: list[str]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"{record['experiment']}-{record['config_hash']}-{record['split']}"
+    if overrides:
+        name += "-" + hashlib.sha256(" ".join(overrides).encode()).hexdigest()[:8]
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="a run folder (runs/<name>) or a checkpoint file")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the saved config")
+    parser.add_argument("--splits", nargs="+", help="default: the data's eval splits")
+    parser.add_argument("--batch-size", type=int, help="default: trainer.eval_batch_size")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: the run's")
+    parser.add_argument("--speed", action="store_true", help="measure inference samples/s and memory")
+    parser.add_argument("--speed-batch-size", type=int, default=256, help="Table 7 protocol: 256")
+    parser.add_argument("--out", type=Path, default=Path("results/runs"))
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    evaluate_run(parse_args())

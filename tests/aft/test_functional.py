@@ -1,0 +1,262 @@
+"""aft.functional against the dense float64 reference of tests/aft/reference.py."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from aft import functional as AF
+from tests.aft.reference import conv1d_bias, conv2d_bias, local_bias, reference_aft
+
+B, T, D = 2, 37, 8
+
+
+def _inputs(scale: float = 1.0, heads: int | None = None, seed: int = 0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, D, generator=g, dtype=dtype)
+    k = torch.randn(B, T, heads or D, generator=g, dtype=dtype) * scale
+    v = torch.randn(B, T, D, generator=g, dtype=dtype)
+    return q, k, v
+
+
+def _assert_close(out: torch.Tensor, ref: torch.Tensor, scale: float = 1.0) -> None:
+    # float32 rounding of a key of magnitude |k| already moves exp(k) by |k| * 6e-8
+    # (relative), so the tolerance grows with the input scale.
+    assert torch.isfinite(out).all()
+    tol = 2e-6 * (1.0 + scale)
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+@pytest.mark.parametrize("gated", [True, False])
+def test_full(causal: bool, scale: float, gated: bool) -> None:
+    q, k, v = _inputs(scale)
+    w = torch.randn(T, T) * scale
+    q = q if gated else None
+    _assert_close(AF.aft_full(q, k, v, w, causal), reference_aft(q, k, v, w[None], causal), scale)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+@pytest.mark.parametrize("gated", [True, False])
+def test_simple(causal: bool, scale: float, gated: bool) -> None:
+    q, k, v = _inputs(scale)
+    q = q if gated else None
+    _assert_close(AF.aft_simple(q, k, v, causal), reference_aft(q, k, v, torch.zeros(1, T, T), causal), scale)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", [1, 2, 5, 36, 37, 100])
+@pytest.mark.parametrize("factorized", [False, True])
+def test_local(causal: bool, window: int, factorized: bool) -> None:
+    q, k, v = _inputs()
+    if factorized:
+        u, f = torch.randn(T, 4), torch.randn(T, 4)
+        w, dense = (u, f), u @ f.T
+    else:
+        w = dense = torch.randn(T, T)
+    _assert_close(AF.aft_local(q, k, v, w, window, causal), reference_aft(q, k, v, local_bias(dense, window), causal))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("scale", [10.0, 100.0])
+def test_local_extreme_scales(causal: bool, scale: float) -> None:
+    q, k, v = _inputs(scale)
+    w = torch.randn(T, T) * scale
+    _assert_close(AF.aft_local(q, k, v, w, 4, causal), reference_aft(q, k, v, local_bias(w, 4), causal), scale)
+
+
+def test_local_window_zero_is_simple() -> None:
+    q, k, v = _inputs()
+    torch.testing.assert_close(AF.aft_local(q, k, v, torch.randn(T, T), 0), AF.aft_simple(q, k, v))
+
+
+def test_local_keeps_global_connectivity() -> None:
+    """A key far outside the window still moves the output (bias 0 there, not -inf)."""
+    q, k, v = _inputs()
+    w = torch.zeros(T, T)
+    out = AF.aft_local(q, k, v, w, 2)
+    v2 = v.clone()
+    v2[:, -1] += 10.0
+    assert (AF.aft_local(q, k, v2, w, 2)[:, 0] - out[:, 0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("global_connectivity", [True, False])
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_conv1d(causal: bool, kernel: int, global_connectivity: bool, scale: float) -> None:
+    q, k, v = _inputs(scale, heads=2)
+    w = torch.randn(2, kernel) * scale
+    ref = reference_aft(q, k, v, conv1d_bias(w, T, causal, global_connectivity), causal)
+    _assert_close(AF.aft_conv1d(q, k, v, w, causal, global_connectivity), ref, scale)
+
+
+def test_conv1d_causal_even_kernel() -> None:
+    q, k, v = _inputs(heads=4)
+    w = torch.randn(4, 4)
+    _assert_close(AF.aft_conv1d(q, k, v, w, causal=True), reference_aft(q, k, v, conv1d_bias(w, T, True), True))
+
+
+def test_conv1d_equals_full_with_toeplitz_bias() -> None:
+    q, k, v = _inputs(heads=D)  # one channel per head: the Toeplitz bias is per channel
+    w = torch.zeros(D, 5)
+    w[:] = torch.randn(5)  # the same kernel for every head -> a single (T, T) bias
+    toeplitz = conv1d_bias(w, T, causal=False)[0]
+    torch.testing.assert_close(AF.aft_conv1d(q, k, v, w), AF.aft_full(q, k, v, toeplitz), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("grid", [(1, 1), (3, 4), (6, 5), (8, 8)])
+@pytest.mark.parametrize("kernel", [1, 3, 7])
+@pytest.mark.parametrize("global_connectivity", [True, False])
+def test_conv2d(grid: tuple[int, int], kernel: int, global_connectivity: bool) -> None:
+    Y, X = grid
+    g = torch.Generator().manual_seed(1)
+    q, v = torch.randn(B, Y, X, D, generator=g), torch.randn(B, Y, X, D, generator=g)
+    k = torch.randn(B, Y, X, 4, generator=g)
+    w = torch.randn(4, kernel, kernel, generator=g)
+    out = AF.aft_conv2d(q, k, v, w, global_connectivity)
+    bias = conv2d_bias(w, Y, X, global_connectivity)
+    ref = reference_aft(q.reshape(B, -1, D), k.reshape(B, -1, 4), v.reshape(B, -1, D), bias, False)
+    _assert_close(out, ref.reshape(B, Y, X, D))
+
+
+def test_conv2d_extreme_scale() -> None:
+    Y, X, scale = 5, 6, 100.0
+    q, v = torch.randn(B, Y, X, D), torch.randn(B, Y, X, D)
+    k, w = torch.randn(B, Y, X, 2) * scale, torch.randn(2, 3, 3) * scale
+    ref = reference_aft(q.reshape(B, -1, D), k.reshape(B, -1, 2), v.reshape(B, -1, D), conv2d_bias(w, Y, X), False)
+    _assert_close(AF.aft_conv2d(q, k, v, w), ref.reshape(B, Y, X, D), scale)
+
+
+def test_causal_growing_keys_use_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys that grow along the sequence (early ones e^-300 below later ones) stay exact
+    without the O(T^2) fallback: the shifts are blockwise / running, not global."""
+    monkeypatch.setattr(AF, "_exact_rows", lambda *a: pytest.fail("fell back to the exact path"))
+    n = 1024
+    k = torch.linspace(0, 300, n).view(1, n, 1).repeat(1, 1, 4) + torch.randn(1, n, 4)
+    v = torch.randn(1, n, 4)
+    ref_simple = reference_aft(None, k, v, torch.zeros(1, n, n), True)
+    _assert_close(AF.aft_simple(None, k, v, causal=True), ref_simple, 300.0)
+    w = torch.randn(n, n)
+    _assert_close(AF.aft_local(None, k, v, w, 16, causal=True), reference_aft(None, k, v, local_bias(w, 16), True), 300.0)
+    _assert_close(AF.aft_full(None, k, v, w, causal=True), reference_aft(None, k, v, w[None], True), 300.0)
+
+
+def _leaks(fn, k_channels: int) -> None:
+    """In float64, outputs at <= t move by less than 1e-12 when inputs after t change.
+
+    (Blockwise shifts may depend on later keys of the same block; that changes rounding
+    only, far below the tolerance; a real leak moves outputs by O(1).)
+    """
+    q, k, v = _inputs(heads=k_channels, dtype=torch.float64)
+    out = fn(q, k, v)
+    for t in (0, 10, T - 2):
+        q2, k2, v2 = q.clone(), k.clone(), v.clone()
+        for x in (q2, k2, v2):
+            x[:, t + 1 :] = torch.randn_like(x[:, t + 1 :]) * 5
+        torch.testing.assert_close(fn(q2, k2, v2)[:, : t + 1], out[:, : t + 1], rtol=0, atol=1e-12)
+
+
+def test_causal_leakage() -> None:
+    w, u = torch.randn(T, T, dtype=torch.float64), torch.randn(T, 3, dtype=torch.float64)
+    kernel = torch.randn(2, 4, dtype=torch.float64)
+    _leaks(lambda q, k, v: AF.aft_full(q, k, v, w, causal=True), D)
+    _leaks(lambda q, k, v: AF.aft_simple(q, k, v, causal=True), D)
+    _leaks(lambda q, k, v: AF.aft_local(q, k, v, w, 5, causal=True), D)
+    _leaks(lambda q, k, v: AF.aft_local(q, k, v, (u, u), 5, causal=True), D)
+    _leaks(lambda q, k, v: AF.aft_conv1d(q, k, v, kernel, causal=True), 2)
+
+
+def test_gradcheck() -> None:
+    g = torch.Generator().manual_seed(0)
+    n, d = 6, 4
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    q, k, v, w = rand(1, n, d), rand(1, n, d), rand(1, n, d), rand(n, n)
+    u, f = rand(n, 2), rand(n, 2)
+    kh, wc, w2 = rand(1, n, 2), rand(2, 3), rand(2, 3, 3)
+    for causal in (False, True):
+        assert torch.autograd.gradcheck(lambda *a: AF.aft_full(*a, causal=causal), (q, k, v, w))
+        assert torch.autograd.gradcheck(lambda *a: AF.aft_simple(*a, causal=causal), (q, k, v))
+        assert torch.autograd.gradcheck(lambda *a: AF.aft_local(a[0], a[1], a[2], a[3], 2, causal), (q, k, v, w))
+        assert torch.autograd.gradcheck(
+            lambda *a: AF.aft_local(a[0], a[1], a[2], (a[3], a[4]), 3, causal), (q, k, v, u, f)
+        )
+        assert torch.autograd.gradcheck(lambda *a: AF.aft_conv1d(*a, causal=causal), (q, kh, v, wc))
+    q2, v2, k2 = rand(1, 2, 3, d), rand(1, 2, 3, d), rand(1, 2, 3, 2)
+    assert torch.autograd.gradcheck(AF.aft_conv2d, (q2, k2, v2, w2))
+
+
+def test_gradients_of_exact_fallback_match_reference() -> None:
+    """The exact (checkpointed) path is taken at extreme scales; its gradients are right."""
+    q, k, v = (x.double().requires_grad_() for x in _inputs(100.0))
+    w = (torch.randn(T, T, dtype=torch.float64) * 100).requires_grad_()
+    out = AF.aft_local(q, k, v, w, 4)
+    ref = reference_aft(q, k, v, local_bias(w, 4), False)
+    grads = torch.autograd.grad(out.sum(), (q, k, v, w))
+    ref_grads = torch.autograd.grad(ref.sum(), (q, k, v, w))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_core_in_float32(dtype: torch.dtype) -> None:
+    q, k, v = _inputs()
+    w = torch.randn(T, T)
+    with torch.autocast("cpu", dtype=dtype):
+        out = AF.aft_local(q.to(dtype), k.to(dtype) * 30, v.to(dtype), w, 4)
+    assert out.dtype == dtype
+    ref = reference_aft(q.to(dtype), k.to(dtype) * 30, v.to(dtype), local_bias(w, 4), False)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2)
+
+
+def test_no_quadratic_tensor_saved_for_backward() -> None:
+    """Bytes saved for backward grow linearly in T for simple, local (factorized), conv1d."""
+
+    def saved_bytes(fn, n: int) -> int:
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        q, k, v = (torch.randn(1, n, 16, requires_grad=True) for _ in range(3))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(q, k, v, n).sum()
+        return total
+
+    u = torch.randn(4096, 8, requires_grad=True)
+    wc = torch.randn(4, 9, requires_grad=True)
+    for fn in (
+        lambda q, k, v, n: AF.aft_simple(q, k, v, causal=True),
+        lambda q, k, v, n: AF.aft_local(q, k, v, (u[:n], u[:n]), 32, causal=True),
+        lambda q, k, v, n: AF.aft_local(q, k, v, (u[:n], u[:n]), 32),
+        lambda q, k, v, n: AF.aft_conv1d(q, k[..., :4], v, wc),
+    ):
+        small, large = saved_bytes(fn, 512), saved_bytes(fn, 4096)
+        assert large <= 8.5 * small, (small, large)
+
+
+def test_bad_shapes_raise() -> None:
+    q, k, v = _inputs()
+    with pytest.raises(ValueError, match="w must have shape"):
+        AF.aft_full(q, k, v, torch.randn(T, T + 1))
+    with pytest.raises(ValueError, match="odd kernel"):
+        AF.aft_conv1d(q, k[..., :2], v, torch.randn(2, 4))
+    with pytest.raises(ValueError, match="divide"):
+        AF.aft_conv1d(q, k[..., :3], v, torch.randn(3, 3))
+
+
+def test_entropy_regularizer() -> None:
+    w = torch.zeros(3, 5, 5)
+    torch.testing.assert_close(AF.position_bias_entropy(w), torch.tensor(3 * math.log(25)))
+    peaked = torch.zeros(2, 7)
+    peaked[:, 3] = 50.0
+    assert AF.position_bias_entropy(peaked) < 1e-12

@@ -1,0 +1,43 @@
+"""Compose the experiment configs of ``configs/`` with Hydra's compose API (no data files read)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+EXPERIMENTS = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The root config ``train.yaml`` with Hydra command-line ``overrides`` (a fresh copy per call)."""
+    return copy.deepcopy(_compose(tuple(overrides)))
+
+
+def compose_experiment(name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The root config with ``experiment=name`` and ``overrides``."""
+    return compose_config([f"experiment={name}", *overrides])
+
+
+@cache
+def _compose(overrides: tuple[str, ...]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def build_on_meta(model_cfg: DictConfig) -> nn.Module:
+    """``instantiate(model_cfg)`` with every tensor on the meta device (no memory, no compute)."""
+    with torch.device("meta"):
+        return instantiate(model_cfg)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

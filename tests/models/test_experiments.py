@@ -1,0 +1,180 @@
+"""Every experiment (a model row of Tables 2, 3, 4, 7, 8) builds the paper's model from its config
+with ``hydra.utils.instantiate`` (no data files, no network), and a shrunken copy of it trains
+(forward + backward) on CPU."""
+
+from __future__ import annotations
+
+import math
+import socket
+from typing import Any
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from timm.models.resnet import ResNet
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+from aft.baselines import (
+    DenseSynthesizerAttention,
+    LambdaLayer,
+    LinearAttention,
+    LocalAttention2d,
+    LSHAttention,
+    MultiHeadAttention,
+    PerformerAttention,
+    StridedSparseAttention,
+)
+from aft.layers import AFTConv2d, AFTFull, AFTLocal, AFTSimple
+from aft.models import Decoder, VisionTransformer
+from tests.models.experiments import EXPERIMENTS, build_on_meta, compose_experiment
+
+# experiment -> (mixer class, depth, dim, attributes of every mixer); §5.1, §5.2, Tables 2-4
+DECODER_ROWS: dict[str, tuple[type, int, int, dict[str, Any]]] = {
+    "cifar10_sparse_transformer_strided_l128_d256": (StridedSparseAttention, 128, 256, {"heads": 2}),
+    "cifar10_image_transformer_local2d_l12_d512": (LocalAttention2d, 12, 512, {"heads": 4, "memory_size": 256}),
+    "cifar10_transformer_l12_d512": (MultiHeadAttention, 12, 512, {"heads": 4}),
+    "cifar10_transformer_l24_d256": (MultiHeadAttention, 24, 256, {"heads": 2}),
+    "cifar10_aft_local256_l12_d512": (AFTLocal, 12, 512, {"window": 256, "position_bias.u.shape": (3072, 64)}),
+    "cifar10_aft_local256_l24_d256": (AFTLocal, 24, 256, {"window": 256, "position_bias.u.shape": (3072, 64)}),
+    "cifar10_aft_local256_l24_d256_dense": (AFTLocal, 24, 256, {"window": 256, "position_bias.w.shape": (3072, 3072)}),
+    "cifar10_aft_simple_l24_d256": (AFTSimple, 24, 256, {}),
+    "enwik8_transformer_l12_d512": (MultiHeadAttention, 12, 512, {"heads": 8}),
+    "enwik8_transformer_l24_d256": (MultiHeadAttention, 24, 256, {"heads": 4}),
+    "enwik8_reformer_l12_d512": (LSHAttention, 12, 512, {"heads": 8}),
+    "enwik8_synthesizer_l12_d512": (DenseSynthesizerAttention, 12, 512, {"heads": 8, "seq_len": 1024}),
+    "enwik8_linear_transformer_l12_d512": (LinearAttention, 12, 512, {"heads": 8}),
+    "enwik8_performer_l12_d512": (PerformerAttention, 12, 512, {"heads": 8}),
+    "enwik8_aft_local32_l12_d512": (AFTLocal, 12, 512, {"window": 32, "position_bias.u.shape": (1024, 256)}),
+    "enwik8_aft_local32_l24_d256": (AFTLocal, 24, 256, {"window": 32, "position_bias.u.shape": (1024, 256)}),
+    "enwik8_aft_simple_l24_d256": (AFTSimple, 24, 256, {}),
+}
+# experiment -> (mixer class, dim, class token, mixer attributes); §5.3, Tables 7, 8
+VIT_ROWS: dict[str, tuple[type, int, bool, dict[str, Any]]] = {
+    "imagenet_lambda_tiny": (LambdaLayer, 192, False, {"heads": 3, "key_dim": 16}),
+    "imagenet_lambda_small": (LambdaLayer, 384, False, {"heads": 6, "key_dim": 16}),
+    "imagenet_aft_full_tiny": (AFTFull, 192, True, {"seq_len": 197, "position_bias.u.shape": (197, 128)}),
+    "imagenet_aft_full_small": (AFTFull, 384, True, {"seq_len": 197, "position_bias.u.shape": (197, 128)}),
+    "imagenet_aft_conv_tiny_k11_h32": (AFTConv2d, 192, False, {"kernel_size": 11, "heads": 32}),
+    "imagenet_aft_conv_tiny_k11_h192": (AFTConv2d, 192, False, {"kernel_size": 11, "heads": 192}),
+    "imagenet_aft_conv_small_k11_h16": (AFTConv2d, 384, False, {"kernel_size": 11, "heads": 16}),
+    "imagenet_aft_conv_small_k11_h384": (AFTConv2d, 384, False, {"kernel_size": 11, "heads": 384}),
+    "imagenet_aft_conv_small_k15_h384": (AFTConv2d, 384, False, {"kernel_size": 15, "heads": 384}),
+    "imagenet_aft_conv_base_k25_h32_ft384": (AFTConv2d, 768, False, {"kernel_size": 25, "heads": 32}),
+    "imagenet_aft_conv_base_k25_h32_rand384": (AFTConv2d, 768, False, {"kernel_size": 25, "heads": 32}),
+}
+# experiment -> (timm model class, number of blocks or stages)
+TIMM_ROWS: dict[str, tuple[type, int]] = {
+    "imagenet_resnet50": (ResNet, 4),
+    "imagenet_deit_tiny": (TimmViT, 12),
+    "imagenet_deit_small": (TimmViT, 12),
+    "imagenet_deit_base_384": (TimmViT, 12),
+}
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building a model must not download anything (timm models are built with pretrained=false)."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("building a model opened a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def attribute(obj: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        obj = getattr(obj, name)
+    return tuple(obj) if isinstance(obj, torch.Size) else obj
+
+
+def test_every_experiment_is_checked() -> None:
+    assert sorted({**DECODER_ROWS, **VIT_ROWS, **TIMM_ROWS}) == EXPERIMENTS
+
+
+def test_finetuning_row_initializes_from_deit() -> None:
+    """Table 8 "ft" differs from "rand" only by its DeiT initialization, run by the training loop."""
+    ft, rand = (compose_experiment(f"imagenet_aft_conv_base_k25_h32_{kind}384") for kind in ("ft", "rand"))
+    assert ft.model == rand.model and "model_init" not in rand
+    assert instantiate(ft.model_init).keywords == {"deit_name": "deit_base_patch16_384"}
+
+
+@pytest.mark.parametrize("name", sorted(DECODER_ROWS))
+def test_decoder_experiment_builds_the_paper_model(name: str) -> None:
+    mixer_cls, depth, dim, attributes = DECODER_ROWS[name]
+    model = build_on_meta(compose_experiment(name).model)
+    assert isinstance(model, Decoder) and len(model.blocks) == depth
+    assert model.token_embedding.embedding_dim == dim and model.head.out_features == 256
+    cifar10 = name.startswith("cifar10")
+    assert model.seq_len == (3072 if cifar10 else 1024)  # §5.1: 32 x 32 x 3; §5.2: T = 1024
+    assert model.token_embedding.num_embeddings == (257 if cifar10 else 256)  # + BOS on CIFAR10
+    assert model.blocks[0].mlp.fc1.out_features == 4 * dim  # §5.1, §5.2: feed-forward 4d
+    for block in model.blocks:
+        assert type(block.mixer) is mixer_cls and block.mixer.causal
+        assert {key: attribute(block.mixer, key) for key in attributes} == attributes
+
+
+@pytest.mark.parametrize("name", sorted(VIT_ROWS))
+def test_vit_experiment_builds_the_paper_model(name: str) -> None:
+    mixer_cls, dim, class_token, attributes = VIT_ROWS[name]
+    model = build_on_meta(compose_experiment(name).model)
+    assert isinstance(model, VisionTransformer) and len(model.blocks) == 12 and model.num_classes == 1000
+    assert model.patch_embed.patch_size == (16, 16) and model.norm.normalized_shape == (dim,)
+    assert (model.cls_token is not None) == class_token
+    if mixer_cls is AFTConv2d:  # §5.3: no position embedding, fully convolutional
+        assert model.pos_embed is None and model.spatial_mixer
+    for block in model.blocks:
+        assert type(block.mixer) is mixer_cls
+        assert {key: attribute(block.mixer, key) for key in attributes} == attributes
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_ROWS))
+def test_timm_experiment_builds_the_timm_model(name: str) -> None:
+    model_cls, stages = TIMM_ROWS[name]
+    model = build_on_meta(compose_experiment(name).model)
+    assert type(model) is model_cls and model.num_classes == 1000
+    assert len(model.blocks) == stages if model_cls is TimmViT else len(model.layer4) == 3
+
+
+def shrink(cfg: DictConfig) -> tuple[DictConfig, torch.Tensor]:
+    """A tiny copy of ``cfg.model`` (same classes and options) and an input batch for it."""
+    model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    if model._target_ == "timm.create_model":
+        if model.model_name.startswith("deit"):
+            model.merge_with({"img_size": 64, "depth": 1, "embed_dim": 32, "num_heads": 2})
+            return model, torch.randn(2, 3, 64, 64)
+        model.layers = [1, 1, 1, 1]
+        return model, torch.randn(2, 3, 32, 32)
+    model.dim = 32
+    mixer = model.mixer
+    if "heads" in mixer:
+        mixer.heads = math.gcd(mixer.heads, model.dim)
+    if model._target_.endswith("Decoder"):
+        model.merge_with({"depth": 2, "seq_len": 48})
+        for key in ("seq_len", "window"):
+            if key in mixer:
+                mixer[key] = min(mixer[key], model.seq_len if key == "seq_len" else 8)
+        return model, torch.randint(model.vocab_size, (2, model.seq_len))
+    model.merge_with({"depth": 1, "img_size": 64})  # a 4 x 4 patch grid
+    if "seq_len" in mixer:
+        mixer.seq_len = 1 + 16
+    if "grid_size" in mixer:
+        mixer.grid_size = [4, 4]
+    return model, torch.randn(2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_tiny_version_trains(name: str) -> None:
+    torch.manual_seed(0)
+    model_cfg, inputs = shrink(compose_experiment(name))
+    model = instantiate(model_cfg)
+    out = model(inputs)
+    if inputs.dtype == torch.long:
+        assert out.shape == (*inputs.shape, model.head.out_features)
+        loss = torch.nn.functional.cross_entropy(out.flatten(0, 1), inputs.flatten())
+    else:
+        assert out.shape == (inputs.shape[0], 1000)
+        loss = out.logsumexp(-1).mean()
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), name
