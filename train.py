@@ -3,28 +3,49 @@
     python train.py                                   # the embedded default, CPU-friendly
     python train.py experiment=enwik8_aft_local32_l24_d256 data.root=/data/enwik8
     torchrun --nproc_per_node=8 train.py experiment=cifar10_aft_local256_l24_d256
-    python train.py -m hydra/launcher=slurm_v100 experiment=... model.mixer.window=16,32,64
+    python train.py -m hydra/launcher=slurm_v100 experiment=enwik8_aft_local32_l24_d256 model.mixer.window=16,32,64
 
 The run folder is runs/<overrides> (runs/default without overrides): the same command
-writes to, and resumes from, the same folder.
+writes to, and resumes from, the same folder. Configuration mistakes and bad data stop the
+run with one line that names the fix.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from aft.training.trainer import train
+from aft.training.checkpoint import CheckpointError
+from aft.training.trainer import NonFiniteLossError, train
+from data.base import DataError
+
+USER_ERRORS = (ValueError, FileNotFoundError, DataError, CheckpointError, NonFiniteLossError)
 
 OmegaConf.register_new_resolver("run_name", lambda overrides: overrides or "default", replace=True)
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The exception a Hydra ``instantiate`` wrapped, or ``error`` itself."""
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except Exception as error:
+        cause = _root_cause(error)
+        if isinstance(cause, USER_ERRORS):
+            print(f"error: {cause}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        raise
 
 
 if __name__ == "__main__":

@@ -29,6 +29,11 @@ biases both of magnitude ~1e2 can do it) the call is recomputed by :func:`_exact
 a row-chunked log-sum-exp that is exact for any scale and saves no T x T x d tensor.
 Under autocast the core runs in float32 and the result is cast back to ``v``'s dtype.
 
+Triton. :func:`aft_simple`, :func:`aft_local` and :func:`aft_conv1d` run the Triton
+kernels of :mod:`aft.kernels` (forward and backward, O(T d) memory, exact for any scale)
+whenever :func:`aft.kernels.supports` their tensors: CUDA tensors of a float16, bfloat16 or
+float32 dtype (CPU tensors under ``TRITON_INTERPRET=1``); otherwise the PyTorch code below.
+
 The ``exp(w) - 1`` form of Eq. 6 is never used: it subtracts when ``w < 0`` and loses
 precision; AFT-local and AFT-conv sum ``exp(k)`` outside the window and ``exp(k + w)``
 inside it.
@@ -43,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+from aft import kernels
 
 # A computed (shifted) denominator below this means the largest term lay ~57 nats under
 # its shift: float32 products may have flushed to zero, so recompute exactly.
@@ -97,6 +104,8 @@ def aft_simple(q: Tensor | None, k: Tensor, v: Tensor, causal: bool = False) -> 
         ``(B, T, D)``.
     """
     _check_same_shape(k, v, "k", "v")
+    if _kernels_take(q, v, k):
+        return kernels.aft_simple(q, k, v, causal)
     with _float32_core(k) as cast:
         k32, v32 = cast(k), cast(v)
         if causal:
@@ -146,6 +155,8 @@ def aft_local(
         _check_shape(w[1], (T, w[0].shape[-1]), "w[1] (v)")
     else:
         _check_shape(w, (T, T), "w")
+    if _kernels_take(q, v, k, *(w if factorized else (w,))):
+        return kernels.aft_local(q, k, v, w, window, causal)
     with _float32_core(k) as cast:
         k32, v32 = cast(k), cast(v)
         bias = (cast(w[0]), cast(w[1])) if factorized else cast(w)
@@ -186,6 +197,8 @@ def aft_conv1d(
     H, S = _check_heads(k, v, w, ndim=1)
     if not causal and S % 2 == 0:
         raise ValueError(f"non-causal aft_conv1d needs an odd kernel size, got S={S}")
+    if _kernels_take(q, v, k, w):
+        return kernels.aft_conv1d(q, k, v, w, causal, global_connectivity)
     T = k.shape[1]
     window = S if causal else S // 2 + 1
     with _float32_core(k) as cast:
@@ -265,6 +278,13 @@ class _float32_core:
 
     def __exit__(self, *exc: object) -> None:
         self._autocast.__exit__(*exc)
+
+
+def _kernels_take(q: Tensor | None, v: Tensor, *tensors: Tensor) -> bool:
+    """Whether this call goes to the Triton kernels (which gate with ``q`` themselves)."""
+    if q is not None:
+        _check_same_shape(q, v, "q", "v")
+    return kernels.supports(q, v, *tensors)
 
 
 def _gate(q: Tensor | None, avg: Tensor, v: Tensor) -> Tensor:

@@ -184,7 +184,7 @@ class AFTLocal(AFTLayer):
         use_query: bool = True,
     ) -> None:
         if not 0 <= window <= seq_len:
-            raise ValueError(f"window={window} must be in [0, seq_len={seq_len}]: set model.window <= model.seq_len")
+            raise ValueError(f"window={window} must be in [0, seq_len={seq_len}]: set model.mixer.window <= model.seq_len")
         super().__init__(dim, dim, causal, use_query)
         self.seq_len, self.window = seq_len, window
         self.position_bias = _position_bias(seq_len, bias_dim)
@@ -249,9 +249,9 @@ class _AFTConv(AFTLayer):
         gumbel_tau: float | None,
     ) -> None:
         if dim % heads:
-            raise ValueError(f"heads={heads} must divide dim={dim}: set model.heads to a divisor of model.dim")
+            raise ValueError(f"heads={heads} must divide dim={dim}: set model.mixer.heads to a divisor of model.dim")
         if kernel_size < 1 or (kernel_size % 2 == 0 and not (causal and ndim == 1)):
-            raise ValueError(f"kernel_size={kernel_size} must be odd and >= 1: set model.kernel_size")
+            raise ValueError(f"kernel_size={kernel_size} must be odd and >= 1: set model.mixer.kernel_size")
         super().__init__(dim, heads, causal, use_query)
         self.heads, self.kernel_size = heads, kernel_size
         self.global_connectivity = global_connectivity

@@ -22,9 +22,9 @@ class LocalAttention2d(nn.Module):
     size 256" of the AFT paper's Table 2.
 
     Causal masking follows the order of the sequence the model actually factorises, the raster
-    order: a query at raster index i sees the memory positions with index ≤ i (all of the flanking
-    rows above, and its own row up to itself; the right flank on the query block's own rows counts
-    as past for the block's lower rows). The Image Transformer itself generated one query block
+    order: a query at raster index i sees the memory positions with raster index ≤ i, i.e. every
+    rectangle row above its own (right flank included, which the raster scan has already produced)
+    and its own row up to itself. The Image Transformer itself generated one query block
     after another; on the raster-ordered AFT benchmark that order would leak future sub-pixels,
     hence the raster mask. With ``causal=False`` the whole memory rectangle is visible.
 

@@ -22,8 +22,8 @@ class LambdaLayer(nn.Module):
     * yₙ = concat_h qₙₕᵀ (λᶜ + λᵖₙ) ∈ ℝ^{heads·|v|}, followed by an output projection.
 
     Configuration of the AFT paper §5.3: full context mode, |k| = ``key_dim`` = 16, |u| = 1,
-    |v| = dim // heads, and BatchNorm on the query and key projections (the AFT text; Bello's
-    recommendation and lucidrains' lambda-networks normalise queries and values instead). The
+    |v| = dim // heads, and BatchNorm on the query and key projections as the AFT text states
+    (lucidrains' lambda-networks, the implementation it used, normalises queries and values). The
     query/key/value projections are bias-free 1×1 maps as in the LambdaNetworks code; the output
     projection (biased, d×d) makes the mixer a drop-in for DeiT's attention and is what brings
     the DeiT-style models to Table 7's sizes (73,424 mixer parameters at d = 192, 3 heads and

@@ -96,7 +96,7 @@ class LSHAttention(nn.Module):
         """Masks over each sorted query's key window: (own key, keys it may not attend to).
 
         ``order`` and ``buckets`` are (B, H, R, L); ``length`` is the unpadded T. Both masks have
-        shape (B, H, R, L / C, C, W) with W = (2 + after)·C keys gathered per chunk.
+        shape (B, H, R, L / C, C, W), W = 2·C gathered keys per chunk (3·C when non-causal).
         """
         c, after = self.chunk_size, 0 if self.causal else 1
         query = (

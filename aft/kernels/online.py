@@ -48,9 +48,9 @@ def push(m, a, b, logit, x, y):
 
 
 @triton.jit
-def empty(BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The empty state, shape ``(BLOCK_T, BLOCK_D)``."""
-    zero = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+def empty_like(x):
+    """The empty state, in float32 tensors of ``x``'s shape."""
+    zero = tl.zeros_like(x).to(tl.float32)
     return zero + NEG, zero, zero
 
 
@@ -68,20 +68,19 @@ def scan_tile(cm, ca, cb, m, a, b, REVERSE: tl.constexpr):
         itself; with ``REVERSE`` the rows after it) and the new ``(BLOCK_D,)`` carry, which
         also holds the whole tile.
     """
+    tm, ta, tb = total(m, a, b)
+    cm2, ca2, cb2 = merge(cm, ca, cb, tm, ta, tb)
     m, a, b = tl.associative_scan((m, a, b), 0, merge, reverse=REVERSE)
     m, a, b = merge(cm[None, :], ca[None, :], cb[None, :], m, a, b)
-    rows = tl.arange(0, m.shape[0])
-    if REVERSE:
-        last = rows == 0
-    else:
-        last = rows == m.shape[0] - 1
-    return m, a, b, _row(m, last), _row(a, last), _row(b, last)
+    return m, a, b, cm2, ca2, cb2
 
 
 @triton.jit
-def _row(x, pick):
-    """The row of ``x`` (BLOCK_T, BLOCK_D) where ``pick`` (BLOCK_T,) is true."""
-    return tl.sum(tl.where(pick[:, None], x, 0.0), 0)
+def total(m, a, b):
+    """The ``(BLOCK_D,)`` state of all rows of a tile of terms ``(BLOCK_T, BLOCK_D)``."""
+    top = tl.max(m, 0)
+    e = tl.exp(m - top[None, :])
+    return top, tl.sum(a * e, 0), tl.sum(b * e, 0)
 
 
 @triton.jit
@@ -109,9 +108,7 @@ def store(ptr, index, chans, D, m, a, b):
 @triton.jit
 def fold(ptr, first, stop, chans, D):
     """The merged state of ``ptr[first:stop]`` of a ``(n, 3, D)`` float32 array."""
-    m = tl.zeros(chans.shape, dtype=tl.float32) + NEG
-    a = tl.zeros(chans.shape, dtype=tl.float32)
-    b = tl.zeros(chans.shape, dtype=tl.float32)
+    m, a, b = empty_like(chans)
     for index in range(first, stop):
         sm, sa, sb = load(ptr, index, chans, D)
         m, a, b = merge(m, a, b, sm, sa, sb)

@@ -116,7 +116,7 @@ class Decoder(nn.Module):
         position = torch.full_like(token, cache.t)
         x = self.embedding_drop(self.token_embedding(token) + self.position_embedding(position))
         layers = []
-        for block, layer_cache in zip(self.blocks, cache.layers):
+        for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
             x, layer_cache = block.step(x, layer_cache)
             layers.append(layer_cache)
         return self.head(self.norm(x)), DecoderCache(layers=layers, t=cache.t + 1)

@@ -35,20 +35,20 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 
-def aft_full(size: str, img_size: int = 224) -> dict[str, Any]:
+def aft_full_variant(size: str, img_size: int = 224) -> dict[str, Any]:
     """ViT layout (class token, position embedding, ``T = 1 + (img/16)^2``) with AFT-full."""
     seq_len = 1 + (img_size // PATCH_SIZE) ** 2
     mixer = partial(AFTFull, seq_len=seq_len, bias_dim=FULL_BIAS_DIM)
     return _variant(size, img_size, mixer, class_token=True, position_embedding=True, spatial_mixer=False)
 
 
-def aft_conv(size: str, kernel_size: int, heads: int, img_size: int = 224) -> dict[str, Any]:
+def aft_conv_variant(size: str, kernel_size: int, heads: int, img_size: int = 224) -> dict[str, Any]:
     """Fully convolutional layout (no class token or position embedding, average pool) with AFT-conv 2-d."""
     mixer = partial(AFTConv2d, heads=heads, kernel_size=kernel_size)
     return _variant(size, img_size, mixer, class_token=False, position_embedding=False, spatial_mixer=True)
 
 
-def lambda_net(size: str, img_size: int = 224) -> dict[str, Any]:
+def lambda_variant(size: str, img_size: int = 224) -> dict[str, Any]:
     """Grid layout with position embedding (no class token, average pool) with the Lambda layer."""
     grid = img_size // PATCH_SIZE
     mixer = partial(LambdaLayer, heads=SIZES[size]["heads"], key_dim=LAMBDA_KEY_DIM, grid_size=(grid, grid))
@@ -62,27 +62,27 @@ def _variant(size: str, img_size: int, mixer: Callable[..., Any], **layout: bool
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # Table 7
-    "aft_full_tiny_patch16_224": aft_full("tiny"),
-    "aft_full_small_patch16_224": aft_full("small"),
-    "aft_conv_tiny_k11_h32_patch16_224": aft_conv("tiny", kernel_size=11, heads=32),
-    "aft_conv_tiny_k11_h192_patch16_224": aft_conv("tiny", kernel_size=11, heads=192),
-    "aft_conv_small_k11_h16_patch16_224": aft_conv("small", kernel_size=11, heads=16),
-    "aft_conv_small_k11_h384_patch16_224": aft_conv("small", kernel_size=11, heads=384),
-    "aft_conv_small_k15_h384_patch16_224": aft_conv("small", kernel_size=15, heads=384),
-    "lambda_tiny_patch16_224": lambda_net("tiny"),
-    "lambda_small_patch16_224": lambda_net("small"),
+    "aft_full_tiny_patch16_224": aft_full_variant("tiny"),
+    "aft_full_small_patch16_224": aft_full_variant("small"),
+    "aft_conv_tiny_k11_h32_patch16_224": aft_conv_variant("tiny", kernel_size=11, heads=32),
+    "aft_conv_tiny_k11_h192_patch16_224": aft_conv_variant("tiny", kernel_size=11, heads=192),
+    "aft_conv_small_k11_h16_patch16_224": aft_conv_variant("small", kernel_size=11, heads=16),
+    "aft_conv_small_k11_h384_patch16_224": aft_conv_variant("small", kernel_size=11, heads=384),
+    "aft_conv_small_k15_h384_patch16_224": aft_conv_variant("small", kernel_size=15, heads=384),
+    "lambda_tiny_patch16_224": lambda_variant("tiny"),
+    "lambda_small_patch16_224": lambda_variant("small"),
     # Table 8
-    "aft_conv_base_k25_h32_patch16_384": aft_conv("base", kernel_size=25, heads=32, img_size=384),
+    "aft_conv_base_k25_h32_patch16_384": aft_conv_variant("base", kernel_size=25, heads=32, img_size=384),
 }
 
 
 def _pretrained_cfg(variant: dict[str, Any]) -> dict[str, Any]:
-    """timm data config of a variant (DeiT's: bicubic, crop 0.9 at 224 and 1.0 at 384, ImageNet stats)."""
+    """timm data config: DeiT evaluation (bicubic, crop 0.875 below 384 px, 1.0 at 384), as data.imagenet."""
     img_size = variant["img_size"]
     return {
         "num_classes": 1000,
         "input_size": (3, img_size, img_size),
-        "crop_pct": 0.9 if img_size == 224 else 1.0,
+        "crop_pct": 0.875 if img_size < 384 else 1.0,
         "interpolation": "bicubic",
         "fixed_input_size": variant["position_embedding"],
         "mean": IMAGENET_DEFAULT_MEAN,

@@ -140,6 +140,20 @@ def _state(model: nn.Module, optimizer, scaler, scheduler, position: Position) -
     }
 
 
+def _check_model_fits_data(model: nn.Module, data: Any) -> None:
+    """A decoder must embed every input token and cover the data's sequence length."""
+    if data.task != "lm":
+        return
+    rows, seq_len = getattr(model, "input_vocab_size", None), getattr(model, "seq_len", None)
+    if rows is not None and rows < data.input_vocab_size:
+        raise ValueError(
+            f"the data has {data.input_vocab_size} input tokens but the model embeds {rows}: "
+            f"set model.input_vocab_size={data.input_vocab_size}"
+        )
+    if seq_len is not None and seq_len < data.seq_len:
+        raise ValueError(f"data.seq_len={data.seq_len} exceeds model.seq_len={seq_len}: set model.seq_len=${{data.seq_len}}")
+
+
 def _find_resume(cfg: DictConfig, checkpoint_dir: Path) -> Path | None:
     resume = cfg.trainer.resume
     if resume in (None, "none", False):
@@ -165,7 +179,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     data = instantiate(cfg.data)
-    model = instantiate(cfg.model).to(dist.device)
+    model = instantiate(cfg.model)
+    _check_model_fits_data(model, data)
+    model.to(dist.device)
     optimizer = instantiate(cfg.optim)(model)
     micro, accumulation = _batch_plan(cfg, dist)
     steps_per_epoch = len(data.train_dataloader(micro, dist.rank, dist.world_size, cfg.seed, 0)) // accumulation
@@ -221,71 +237,72 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any]:
             ckpt.save_atomic(_state(model, optimizer, scaler, scheduler, position), checkpoint_dir)
         barrier()
 
-    while position.step < total_steps:
-        loader = data.train_dataloader(micro, dist.rank, dist.world_size, cfg.seed, position.epoch)
-        batches = iter(_resume_loader(loader, position.batch_in_epoch))
-        for _ in range((len(loader) - position.batch_in_epoch) // accumulation):
-            train_model.train()
-            loss_sum = torch.zeros((), device=dist.device)
-            for micro_step in range(accumulation):
-                sync = micro_step == accumulation - 1 or dist.world_size == 1
-                context = train_model.no_sync() if not sync else nullcontext()
-                with context, autocast(dist.device, cfg.trainer.precision):
-                    loss, samples = _train_loss(train_model, next(batches), data.task, mixup, dist.device)
-                    total = loss
-                    if cfg.trainer.sparsity_weight:
-                        total = total + cfg.trainer.sparsity_weight * sparsity_regularizer(model)  # Eq. 9
-                    scaler.scale(total / accumulation).backward()
-                loss_sum += loss.detach()
-                window_samples += samples * dist.world_size
-            mean_loss = all_reduce_sum(loss_sum / accumulation) / dist.world_size
-            if not torch.isfinite(mean_loss):
-                raise NonFiniteLossError(
-                    f"non-finite training loss at step {position.step + 1}; the last good checkpoint is "
-                    f"{checkpoint_dir / ckpt.LAST}: lower optim.lr, set trainer.grad_clip or trainer.precision=fp32"
-                )
-            if cfg.trainer.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            position.step += 1
-            position.batch_in_epoch += accumulation
-            window_steps += 1
-            scheduler.step_update(position.step)
-            progress.update(1)
+    try:
+        while position.step < total_steps:
+            loader = data.train_dataloader(micro, dist.rank, dist.world_size, cfg.seed, position.epoch)
+            batches = iter(_resume_loader(loader, position.batch_in_epoch))
+            for _ in range((len(loader) - position.batch_in_epoch) // accumulation):
+                train_model.train()
+                loss_sum = torch.zeros((), device=dist.device)
+                for micro_step in range(accumulation):
+                    sync = micro_step == accumulation - 1 or dist.world_size == 1
+                    context = train_model.no_sync() if not sync else nullcontext()
+                    with context, autocast(dist.device, cfg.trainer.precision):
+                        loss, samples = _train_loss(train_model, next(batches), data.task, mixup, dist.device)
+                        total = loss
+                        if cfg.trainer.sparsity_weight:
+                            total = total + cfg.trainer.sparsity_weight * sparsity_regularizer(model)  # Eq. 9
+                        scaler.scale(total / accumulation).backward()
+                    loss_sum += loss.detach()
+                    window_samples += samples * dist.world_size
+                mean_loss = all_reduce_sum(loss_sum / accumulation) / dist.world_size
+                if not torch.isfinite(mean_loss):
+                    raise NonFiniteLossError(
+                        f"non-finite training loss at step {position.step + 1}; the last good checkpoint is "
+                        f"{checkpoint_dir / ckpt.LAST}: lower optim.lr, set trainer.grad_clip or trainer.precision=fp32"
+                    )
+                if cfg.trainer.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                position.step += 1
+                position.batch_in_epoch += accumulation
+                window_steps += 1
+                scheduler.step_update(position.step)
+                progress.update(1)
 
-            if logger is not None and position.step % cfg.trainer.log_every == 0:
-                elapsed = time.perf_counter() - window_start
-                metrics = _train_metrics(mean_loss.item(), data, elapsed, window_steps, window_samples, optimizer, dist)
-                logger.log(position.step, metrics)
-                progress.set_postfix(loss=f"{metrics['train_loss']:.3f}")
-                window_start, window_samples, window_steps = time.perf_counter(), 0, 0
-            if cfg.trainer.eval_every and position.step % cfg.trainer.eval_every == 0:
-                _log_eval(model, data, cfg, dist, logger, position.step, "valid", cfg.trainer.eval_batches)
-            if position.step % cfg.trainer.checkpoint_every == 0 or preemption.requested:
-                save()
-            if preemption.requested:
-                print(f"stopped by a signal at step {position.step}; relaunch the same command to resume", flush=True)
-                progress.close()
-                preemption.hand_over()
-                return {"preempted_at_step": position.step}
-            if position.step >= total_steps:
-                break
-        else:
-            position.epoch += 1
-            position.batch_in_epoch = 0
+                if logger is not None and position.step % cfg.trainer.log_every == 0:
+                    elapsed = time.perf_counter() - window_start
+                    metrics = _train_metrics(mean_loss.item(), data, elapsed, window_steps, window_samples, optimizer, dist)
+                    logger.log(position.step, metrics)
+                    progress.set_postfix(loss=f"{metrics['train_loss']:.3f}")
+                    window_start, window_samples, window_steps = time.perf_counter(), 0, 0
+                if cfg.trainer.eval_every and position.step % cfg.trainer.eval_every == 0:
+                    _log_eval(model, data, cfg, dist, logger, position.step, "valid", cfg.trainer.eval_batches)
+                if position.step % cfg.trainer.checkpoint_every == 0 or preemption.requested:
+                    save()
+                if preemption.requested:
+                    print(f"stopped by a signal at step {position.step}; relaunch the same command to resume", flush=True)
+                    preemption.hand_over()
+                    return {"preempted_at_step": position.step}
+                if position.step >= total_steps:
+                    break
+            else:
+                position.epoch += 1
+                position.batch_in_epoch = 0
 
-    save()
-    progress.close()
-    final = {
-        split: _log_eval(model, data, cfg, dist, logger, position.step, split, None)
-        for split in data.eval_splits
-    }
-    if logger is not None:
-        logger.close()
-    return final
+        save()
+        progress.close()
+        return {
+            split: _log_eval(model, data, cfg, dist, logger, position.step, split, None)
+            for split in data.eval_splits
+        }
+    finally:
+        progress.close()
+        if logger is not None:
+            logger.close()
 
 
 def _train_metrics(

@@ -130,11 +130,11 @@ def test_gumbel_mode_is_one_hot_at_eval() -> None:
 
 
 def test_bad_configs_name_the_fix() -> None:
-    with pytest.raises(ValueError, match="model.window"):
+    with pytest.raises(ValueError, match="model.mixer.window"):
         AFTLocal(D, seq_len=16, window=32)
-    with pytest.raises(ValueError, match="model.heads"):
+    with pytest.raises(ValueError, match="model.mixer.heads"):
         AFTConv2d(D, heads=5, kernel_size=3)
-    with pytest.raises(ValueError, match="model.kernel_size"):
+    with pytest.raises(ValueError, match="model.mixer.kernel_size"):
         AFTConv2d(D, heads=4, kernel_size=4)
 
 

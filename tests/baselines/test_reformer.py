@@ -1,4 +1,4 @@
-"""LSHAttention: hashing randomness, exactness when one chunk holds everything, causality."""
+"""LSHAttention: agreement with a dense definition, hashing randomness and locality."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_equals_dense_reference(causal: bool, n_hashes: int, chunk_size: int) ->
 
 
 @pytest.mark.parametrize("n_hashes", [1, 2])
-def test_each_query_sees_at_most_two_chunks_per_round(n_hashes: int) -> None:
+def test_each_query_sees_at_most_chunk_size_keys_per_round(n_hashes: int) -> None:
     chunk = 4
     mixer = build(n_hashes=n_hashes, chunk_size=chunk, heads=1).double().eval()
     depends = dependency_matrix(mixer, torch.randn(1, 24, 16, dtype=torch.float64))

@@ -21,14 +21,18 @@ MIXERS = {
     "aft_simple": [],
     "aft_conv1d": ["model.mixer.heads=4", "model.mixer.kernel_size=4"],
     "attention": ["model.mixer.heads=2"],
-    "image_transformer_local2d": ["model.mixer.height=4", "model.mixer.width_channels=8",
-                                  "model.mixer.query_shape=[2,4]", "model.mixer.memory_flange=[2,2]"],
+    "image_transformer_local2d": [
+        "model.mixer.height=4",
+        "model.mixer.width_channels=8",
+        "model.mixer.query_shape=[2,4]",
+        "model.mixer.memory_flange=[2,2]",
+    ],
     "sparse_strided": ["model.mixer.stride=5"],
     "linear_transformer": ["model.mixer.heads=2", "model.mixer.chunk_size=8"],
     "performer": ["model.mixer.heads=2", "model.mixer.chunk_size=8"],
     "synthesizer": ["model.mixer.heads=2"],
     "reformer": ["model.mixer.heads=2", "model.mixer.chunk_size=4", "model.mixer.n_buckets=4"],
-}  # fmt: skip
+}
 RECURRENT = ["aft_full", "aft_local", "aft_simple", "aft_conv1d"]
 
 

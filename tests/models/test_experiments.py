@@ -27,7 +27,7 @@ from aft.baselines import (
 )
 from aft.layers import AFTConv2d, AFTFull, AFTLocal, AFTSimple
 from aft.models import Decoder, VisionTransformer
-from tests.models.experiments import EXPERIMENTS, build_on_meta, compose_experiment
+from tests.models.experiments import EXPERIMENTS, build_on_meta, compose_config, compose_experiment
 
 # experiment -> (mixer class, depth, dim, attributes of every mixer); §5.1, §5.2, Tables 2-4
 DECODER_ROWS: dict[str, tuple[type, int, int, dict[str, Any]]] = {
@@ -48,6 +48,8 @@ DECODER_ROWS: dict[str, tuple[type, int, int, dict[str, Any]]] = {
     "enwik8_aft_local32_l12_d512": (AFTLocal, 12, 512, {"window": 32, "position_bias.u.shape": (1024, 256)}),
     "enwik8_aft_local32_l24_d256": (AFTLocal, 24, 256, {"window": 32, "position_bias.u.shape": (1024, 256)}),
     "enwik8_aft_simple_l24_d256": (AFTSimple, 24, 256, {}),
+    # not a paper row: the README's main job on the embedded text (the root config's default)
+    "embedded_text_aft_local": (AFTLocal, 4, 128, {"window": 32, "causal": True}),
 }
 # experiment -> (mixer class, dim, class token, mixer attributes); §5.3, Tables 7, 8
 VIT_ROWS: dict[str, tuple[type, int, bool, dict[str, Any]]] = {
@@ -92,6 +94,11 @@ def test_every_experiment_is_checked() -> None:
     assert sorted({**DECODER_ROWS, **VIT_ROWS, **TIMM_ROWS}) == EXPERIMENTS
 
 
+def test_root_config_builds_the_default_causal_decoder() -> None:
+    model = build_on_meta(compose_config().model)
+    assert isinstance(model, Decoder) and all(type(b.mixer) is AFTLocal and b.mixer.causal for b in model.blocks)
+
+
 def test_finetuning_row_initializes_from_deit() -> None:
     """Table 8 "ft" differs from "rand" only by its DeiT initialization, run by the training loop."""
     ft, rand = (compose_experiment(f"imagenet_aft_conv_base_k25_h32_{kind}384") for kind in ("ft", "rand"))
@@ -106,7 +113,8 @@ def test_decoder_experiment_builds_the_paper_model(name: str) -> None:
     assert isinstance(model, Decoder) and len(model.blocks) == depth
     assert model.token_embedding.embedding_dim == dim and model.head.out_features == 256
     cifar10 = name.startswith("cifar10")
-    assert model.seq_len == (3072 if cifar10 else 1024)  # §5.1: 32 x 32 x 3; §5.2: T = 1024
+    paper_length = 3072 if cifar10 else 1024  # §5.1: 32 x 32 x 3; §5.2: T = 1024
+    assert model.seq_len == (128 if name.startswith("embedded") else paper_length)
     assert model.token_embedding.num_embeddings == (257 if cifar10 else 256)  # + BOS on CIFAR10
     assert model.blocks[0].mlp.fc1.out_features == 4 * dim  # §5.1, §5.2: feed-forward 4d
     for block in model.blocks:

@@ -79,7 +79,8 @@ def test_timm_init_spares_the_conv_biases() -> None:
 
 def test_deit_weights_transfer_except_position_embedding_class_token_query_and_key() -> None:
     """Table 8 "ft" (§5.3 "Compatibility with Transformers")."""
-    deit = timm.create_model("deit_tiny_patch16_224", img_size=64, embed_dim=32, depth=2, num_heads=2, num_classes=CLASSES)
+    size = {"img_size": 64, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": CLASSES}
+    deit = timm.create_model("deit_tiny_patch16_224", **size)
     model = aft_conv_vit(img_size=64, depth=2)
     untouched = {name: p.clone() for name, p in model.named_parameters() if "to_q" in name or "to_k" in name}
     loaded = transfer_deit_weights(model, deit.state_dict())

@@ -1,0 +1,65 @@
+"""Triton kernels (forward and backward) for AFT-simple, AFT-local and AFT-conv1d.
+
+:mod:`aft.functional` dispatches here through :func:`supports`: the kernels run when
+Triton is installed, every tensor is float16, bfloat16 or float32, and the tensors are on a
+CUDA device, or on the CPU with ``TRITON_INTERPRET=1`` set before Triton is imported (the
+interpreter, for tests). float64 keeps the PyTorch path.
+
+* :func:`aft_simple` (Eq. 5), :func:`aft_local` (Eq. 4 with a dense or factorized, Eq. 7,
+  bias) and :func:`aft_conv1d` (Eq. 6): same arguments and results as their namesakes in
+  :mod:`aft.functional`, plus an optional launch shape ``blocks``.
+* The kernels themselves: :mod:`aft.kernels.banded`; their numerics:
+  :mod:`aft.kernels.online`.
+
+``with enabled(False):`` forces the PyTorch path (to compare the two). The submodules
+import Triton; this package imports them on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_ENTRY_POINTS = {"aft_simple": "simple", "aft_local": "local", "aft_conv1d": "conv1d"}
+_ENABLED: ContextVar[bool] = ContextVar("aft_kernels_enabled", default=True)
+
+
+@contextlib.contextmanager
+def enabled(on: bool) -> Iterator[None]:
+    """Allow (the default) or forbid the kernels inside the block."""
+    token = _ENABLED.set(on)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def supports(*tensors: Tensor | None) -> bool:
+    """Whether the Triton kernels can take these tensors (``None`` entries are skipped)."""
+    present = [t for t in tensors if t is not None]
+    if not _ENABLED.get() or importlib.util.find_spec("triton") is None:
+        return False
+    if any(t.dtype not in _KERNEL_DTYPES for t in present):
+        return False
+    device = "cpu" if interpreting() else "cuda"
+    return all(t.device.type == device for t in present)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ENTRY_POINTS:
+        return getattr(importlib.import_module(f"{__name__}.{_ENTRY_POINTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,526 @@
+"""AFT with a banded position bias and global connectivity, forward and backward in Triton.
+
+One kernel family computes AFT-simple (Eq. 5), AFT-local with a banded bias (Eq. 4, from
+the factors of Eq. 7 or a dense ``w``) and AFT-conv1d (Eq. 6 with a Toeplitz bias per
+head). For query ``t`` and channel ``c`` (Eq. 2)::
+
+    Y[t, c] = sigmoid(Q[t, c]) * sum_t' exp(K[t', h] + w[t, t']) V[t', c] / sum_t' exp(K[t', h] + w[t, t'])
+
+with ``h = c // (D // Hk)`` the key head of channel ``c`` and a bias that is a *band* in
+``o = t - t'`` (``band_lo <= o < window``; ``band_lo = 0`` causal, ``1 - window`` otherwise)
+and, with global connectivity, 0 outside it (``-inf`` without). Causal sums stop at
+``t' <= t``.
+
+Shapes: ``q, v, out``: ``(B, T, D)``; ``k``: ``(B, T, Hk)``, ``Hk | D``; the band
+``bias[r, o - band_lo]``: ``(T, W)`` (row ``r = t``, AFT-local) or ``(Hk, W)`` (row ``r = h``,
+AFT-conv1d), ``W = window - band_lo``.
+
+Algorithm. Each program owns a block of channels of one batch element and one chunk of
+row tiles, and sweeps its tiles in order: ascending in the forward pass, descending in the
+backward pass. It keeps an online log-sum-exp *state* (:mod:`aft.kernels.online`) of the
+terms outside the window on its side of the sweep (bias 0: a running carry plus an
+in-tile scan), adds the other side from per-tile summaries written beforehand by a sweep in
+the opposite direction (non-causal only), and adds the band term by term, each with the
+exact running maximum. Chunks after the first start from the merged summaries of the
+chunks before them. Nothing ``T x T`` or ``T x window x D`` is formed; every pass reads and
+writes ``O(T D)`` bytes plus ``O(T W)`` of band.
+
+Backward. Autograd keeps the inputs, the gated output ``out`` and the per-``(t, c)``
+log-normalizer ``lse`` (float32). With ``p[t, t'] = exp(K[t'] + w[t, t'] - lse[t])``,
+``g = dL/dout``, ``G = g * sigmoid(q)`` (the gradient of the average) and
+``delta = g * out``::
+
+    dV[t'] = sum_t p[t, t'] G[t]
+    dK[t'] = sum_t p[t, t'] (G[t] V[t'] - delta[t])     (summed over the channels of a head)
+    dw[t, t'] = sum_c p[t, t'] (G[t] V[t'] - delta[t])   (band only; atomic adds)
+    dQ[t] = g[t] out[t] (1 - sigmoid(Q[t]))
+
+The sums over ``t`` outside the band are states of the terms ``(-lse[t], G[t], delta[t])``
+swept in the other direction, multiplied by ``exp(K[t'] + m)``: an exponent ``<= 0``
+because ``lse[t] >= K[t']`` whenever ``t'`` is in row ``t``'s sum. Everything is computed in
+float32 whatever the input dtype; ``out`` has ``v``'s dtype, each gradient its input's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from aft.kernels import online
+from aft.kernels.online import NEG
+
+# ------------------------------------------------------------------------------ kernels
+
+
+@triton.jit
+def _program(D, BLOCK_D: tl.constexpr):
+    """``(batch index, (BLOCK_D,) channels)`` of this program."""
+    pid = tl.program_id(0)
+    n_blocks = tl.cdiv(D, BLOCK_D)
+    return (pid // n_blocks).to(tl.int64), (pid % n_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+
+
+@triton.jit
+def _tile(ptr, rows, cols, T, width, other):
+    """``x[rows, cols]`` of a row-major ``(T, width)`` array as float32, ``other`` outside."""
+    mask = ((rows >= 0) & (rows < T))[:, None] & (cols < width)[None, :]
+    return tl.load(ptr + rows[:, None] * width + cols[None, :], mask=mask, other=other).to(tl.float32)
+
+
+@triton.jit
+def _key_terms(k_ptr, v_ptr, keys, chans, T, D, HK, GROUP: tl.constexpr):
+    """Forward terms of ``keys``: ``(K[t'], 1, V[t'])``; the empty term outside ``[0, T)``."""
+    logit = _tile(k_ptr, keys, chans // GROUP, T, HK, NEG)
+    inside = ((keys >= 0) & (keys < T))[:, None] & (chans < D)[None, :]
+    return logit, inside.to(tl.float32), _tile(v_ptr, keys, chans, T, D, 0.0)
+
+
+@triton.jit
+def _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, queries, chans, T, D, GATED: tl.constexpr):
+    """Backward terms of ``queries``: ``(-lse[t], G[t], delta[t])`` (module docstring)."""
+    neg_lse = -_tile(lse_ptr, queries, chans, T, D, -NEG)
+    dout = _tile(dout_ptr, queries, chans, T, D, 0.0)
+    d_avg = dout
+    if GATED:
+        d_avg = dout * tl.sigmoid(_tile(q_ptr, queries, chans, T, D, 0.0))
+    return neg_lse, d_avg, dout * _tile(out_ptr, queries, chans, T, D, 0.0)
+
+
+@triton.jit
+def _terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, rows, chans, T, D, HK,
+           GROUP: tl.constexpr, GATED: tl.constexpr, QUERIES: tl.constexpr):
+    """Query terms (backward) or key terms (forward) of ``rows``."""
+    if QUERIES:
+        logit, x, y = _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, rows, chans, T, D, GATED)
+    else:
+        logit, x, y = _key_terms(k_ptr, v_ptr, rows, chans, T, D, HK, GROUP)
+    return logit, x, y
+
+
+@triton.jit
+def _band(bias_ptr, rows, chans, col, T, D, W, GROUP: tl.constexpr, PER_HEAD: tl.constexpr):
+    """Band column ``col`` of query ``rows``: ``(BLOCK_T, 1)``, or ``(1, BLOCK_D)`` per head."""
+    if PER_HEAD:
+        w = tl.load(bias_ptr + (chans // GROUP) * W + col, mask=chans < D, other=0.0)
+        w = w.to(tl.float32)[None, :]
+    else:
+        w = tl.load(bias_ptr + rows * W + col, mask=(rows >= 0) & (rows < T), other=0.0)
+        w = w.to(tl.float32)[:, None]
+    return w
+
+
+@triton.jit
+def _outside(cm, ca, cb, om, oa, ob, other_tiles, tile, rows, main_shift, other_shift,
+             q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, chans, T, D, HK,
+             GROUP: tl.constexpr, GATED: tl.constexpr, BACKWARD: tl.constexpr, CAUSAL: tl.constexpr):
+    """State of each row's terms outside the window (bias 0), and the updated carry.
+
+    Terms on the sweep's side (``rows + main_shift``) come from the carry ``c*`` and an
+    in-tile scan; unless causal, those on the other side (``rows + other_shift``) from the
+    tile's summary, the chunks after this one (``o*``) and an in-tile scan the other way.
+    """
+    logit, x, y = _terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, rows + main_shift,
+                         chans, T, D, HK, GROUP, GATED, BACKWARD)
+    m, a, b, cm, ca, cb = online.scan_tile(cm, ca, cb, logit, x, y, BACKWARD)
+    if not CAUSAL:
+        tm, ta, tb = online.load(other_tiles, tile, chans, D)
+        tm, ta, tb = online.merge(tm, ta, tb, om, oa, ob)
+        logit, x, y = _terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, rows + other_shift,
+                             chans, T, D, HK, GROUP, GATED, BACKWARD)
+        m2, a2, b2, _, _, _ = online.scan_tile(tm, ta, tb, logit, x, y, not BACKWARD)
+        m, a, b = online.merge(m, a, b, m2, a2, b2)
+    return m, a, b, cm, ca, cb
+
+
+@triton.jit
+def _chunk_start(main_chunks, other_chunks, chunk, n_chunks, chans, D,
+                 BACKWARD: tl.constexpr, CAUSAL: tl.constexpr, GLOBAL: tl.constexpr):
+    """Carries entering a chunk: terms of the chunks before it in sweep order (``c*``) and,
+    unless causal, of the chunks after it (``o*``)."""
+    cm, ca, cb = online.empty_like(chans)
+    om, oa, ob = cm, ca, cb
+    if GLOBAL:
+        if BACKWARD:
+            cm, ca, cb = online.fold(main_chunks, chunk + 1, n_chunks, chans, D)
+        else:
+            cm, ca, cb = online.fold(main_chunks, 0, chunk, chans, D)
+        if not CAUSAL:
+            if BACKWARD:
+                om, oa, ob = online.fold(other_chunks, 0, chunk, chans, D)
+            else:
+                om, oa, ob = online.fold(other_chunks, chunk + 1, n_chunks, chans, D)
+    return cm, ca, cb, om, oa, ob
+
+
+@triton.jit
+def _summary_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, tiles_ptr, chunks_ptr,
+    T, D, HK, shift, tiles_per_chunk,
+    GROUP: tl.constexpr, GATED: tl.constexpr, QUERIES: tl.constexpr, REVERSE: tl.constexpr,
+    STORE_TILES: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Summaries of the terms at ``rows + shift``, swept per chunk (descending if ``REVERSE``).
+
+    ``chunks[b, j]``: the state of all terms of chunk ``j``. ``tiles[b, n]`` (if
+    ``STORE_TILES``): the state of the terms of the tiles of ``n``'s chunk swept before
+    ``n``. Both ``(B, n, 3, D)`` float32.
+    """
+    b, chans = _program(D, BLOCK_D)
+    chunk = tl.program_id(1)
+    n_tiles = tl.cdiv(T, BLOCK_T)
+    q_ptr += b * T * D
+    k_ptr += b * T * HK
+    v_ptr += b * T * D
+    out_ptr += b * T * D
+    lse_ptr += b * T * D
+    dout_ptr += b * T * D
+    tiles_ptr += b * n_tiles * 3 * D
+    chunks_ptr += b * tl.num_programs(1) * 3 * D
+    first = chunk * tiles_per_chunk
+    count = tl.minimum(tiles_per_chunk, n_tiles - first)
+    cm, ca, cb = online.empty_like(chans)
+    for i in range(count):
+        if REVERSE:
+            tile = first + count - 1 - i
+        else:
+            tile = first + i
+        if STORE_TILES:
+            online.store(tiles_ptr, tile, chans, D, cm, ca, cb)
+        rows = tile * BLOCK_T + tl.arange(0, BLOCK_T) + shift
+        logit, x, y = _terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, rows, chans, T, D, HK,
+                             GROUP, GATED, QUERIES)
+        tm, ta, tb = online.total(logit, x, y)
+        cm, ca, cb = online.merge(cm, ca, cb, tm, ta, tb)
+    online.store(chunks_ptr, chunk, chans, D, cm, ca, cb)
+
+
+@triton.jit
+def _forward_kernel(
+    q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, lse_ptr, main_chunks, other_tiles, other_chunks,
+    T, D, HK, window, band_lo, W, main_shift, other_shift, tiles_per_chunk,
+    GROUP: tl.constexpr, CAUSAL: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
+    PER_HEAD: tl.constexpr, STORE_LSE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """``out = sigmoid(q) * avg`` and (``STORE_LSE``) ``lse``, sweeping the chunk's tiles in
+    ascending order."""
+    b, chans = _program(D, BLOCK_D)
+    chunk = tl.program_id(1)
+    n_chunks = tl.num_programs(1)
+    n_tiles = tl.cdiv(T, BLOCK_T)
+    q_ptr += b * T * D
+    k_ptr += b * T * HK
+    v_ptr += b * T * D
+    out_ptr += b * T * D
+    lse_ptr += b * T * D
+    other_tiles += b * n_tiles * 3 * D
+    cm, ca, cb, om, oa, ob = _chunk_start(main_chunks + b * n_chunks * 3 * D, other_chunks + b * n_chunks * 3 * D,
+                                          chunk, n_chunks, chans, D, False, CAUSAL, GLOBAL)
+    first = chunk * tiles_per_chunk
+    for tile in range(first, tl.minimum(first + tiles_per_chunk, n_tiles)):
+        rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+        if GLOBAL:
+            m, a, s, cm, ca, cb = _outside(cm, ca, cb, om, oa, ob, other_tiles, tile, rows, main_shift, other_shift,
+                                           q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, out_ptr, chans, T, D, HK,
+                                           GROUP, GATED, False, CAUSAL)
+        else:
+            m, a, s = online.empty_like(tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32))
+        for offset in range(band_lo, window):
+            logit, x, y = _key_terms(k_ptr, v_ptr, rows - offset, chans, T, D, HK, GROUP)
+            bias = _band(bias_ptr, rows, chans, offset - band_lo, T, D, W, GROUP, PER_HEAD)
+            m, a, s = online.push(m, a, s, logit + bias, x, y)
+        a = tl.where(a > 0, a, 1.0)  # rows past T
+        mask = (rows < T)[:, None] & (chans < D)[None, :]
+        offs = rows[:, None] * D + chans[None, :]
+        avg = s / a
+        if GATED:
+            avg = avg * tl.sigmoid(tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+        tl.store(out_ptr + offs, avg.to(out_ptr.dtype.element_ty), mask=mask)
+        if STORE_LSE:
+            tl.store(lse_ptr + offs, m + tl.log(a), mask=mask)
+
+
+@triton.jit
+def _backward_kernel(
+    q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, lse_ptr, dout_ptr, main_chunks, other_tiles, other_chunks,
+    dq_ptr, dk_ptr, dv_ptr, dbias_ptr,
+    T, D, HK, window, band_lo, W, main_shift, other_shift, tiles_per_chunk,
+    GROUP: tl.constexpr, CAUSAL: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
+    PER_HEAD: tl.constexpr, BIAS_GRAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """``dq``, per-channel ``dk`` (``(B, T, D)``), ``dv`` and (atomically) the band gradient,
+    sweeping the chunk's tiles, here *keys* ``t'``, in descending order."""
+    b, chans = _program(D, BLOCK_D)
+    chunk = tl.program_id(1)
+    n_chunks = tl.num_programs(1)
+    n_tiles = tl.cdiv(T, BLOCK_T)
+    q_ptr += b * T * D
+    k_ptr += b * T * HK
+    v_ptr += b * T * D
+    out_ptr += b * T * D
+    lse_ptr += b * T * D
+    dout_ptr += b * T * D
+    dq_ptr += b * T * D
+    dk_ptr += b * T * D
+    dv_ptr += b * T * D
+    other_tiles += b * n_tiles * 3 * D
+    cm, ca, cb, om, oa, ob = _chunk_start(main_chunks + b * n_chunks * 3 * D, other_chunks + b * n_chunks * 3 * D,
+                                          chunk, n_chunks, chans, D, True, CAUSAL, GLOBAL)
+    first = chunk * tiles_per_chunk
+    count = tl.minimum(tiles_per_chunk, n_tiles - first)
+    for i in range(count):
+        tile = first + count - 1 - i
+        rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+        key = _tile(k_ptr, rows, chans // GROUP, T, HK, NEG)
+        value = _tile(v_ptr, rows, chans, T, D, 0.0)
+        if GLOBAL:
+            m, a, s, cm, ca, cb = _outside(cm, ca, cb, om, oa, ob, other_tiles, tile, rows, main_shift, other_shift,
+                                           q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, chans, T, D, HK,
+                                           GROUP, GATED, True, CAUSAL)
+            scale = tl.exp(key + m)
+            dv = scale * a
+            dk = scale * (value * a - s)
+        else:
+            dv = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+            dk = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+        for offset in range(band_lo, window):
+            queries = rows + offset
+            neg_lse, d_avg, delta = _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, queries, chans, T, D, GATED)
+            col = offset - band_lo
+            p = tl.exp(key + _band(bias_ptr, queries, chans, col, T, D, W, GROUP, PER_HEAD) + neg_lse)
+            dv += p * d_avg
+            r = p * (d_avg * value - delta)
+            dk += r
+            if BIAS_GRAD:
+                if PER_HEAD:
+                    tl.atomic_add(dbias_ptr + chans * W + col, tl.sum(r, 0), mask=chans < D)
+                else:
+                    tl.atomic_add(dbias_ptr + queries * W + col, tl.sum(r, 1), mask=(queries >= 0) & (queries < T))
+        mask = (rows < T)[:, None] & (chans < D)[None, :]
+        offs = rows[:, None] * D + chans[None, :]
+        tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
+        tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
+        if GATED:
+            gate = tl.sigmoid(tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+            grad = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            out = tl.load(out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(dq_ptr + offs, (grad * out * (1.0 - gate)).to(dq_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------------------ launch
+
+
+@dataclass(frozen=True)
+class Band:
+    """The bias pattern: band offsets ``band_lo <= t - t' < window``.
+
+    ``global_connectivity``: bias 0 outside the band (Eq. 4, 6), else ``-inf``.
+    ``per_head``: band rows are key heads ``(Hk, W)`` (AFT-conv1d), else positions ``(T, W)``.
+    """
+
+    window: int
+    causal: bool
+    global_connectivity: bool = True
+    per_head: bool = False
+
+    @property
+    def lo(self) -> int:
+        return 0 if self.causal else 1 - self.window
+
+    @property
+    def width(self) -> int:
+        """``W``, the band's number of columns (offsets)."""
+        return max(self.window - self.lo, 0)
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Launch shape: ``t`` rows per tile, ``d`` channels per program, row ``chunks`` swept
+    in parallel per channel block (``None``: enough to fill the device), ``warps``."""
+
+    t: int = 32
+    d: int = 32
+    chunks: int | None = None
+    warps: int = 4
+
+
+@dataclass(frozen=True)
+class _Launch:
+    blocks: Blocks
+    n_tiles: int
+    tiles_per_chunk: int
+    n_chunks: int
+    grid: tuple[int, int]
+
+
+def default_blocks(v: Tensor) -> Blocks:
+    """Blocks for ``v`` ``(B, T, D)``: tiny on the CPU (interpreter), else 32 x 32 or
+    narrower channel blocks when there are few channel blocks to spread over the device."""
+    if v.device.type != "cuda":
+        return Blocks(t=16, d=16)
+    B, _, D = v.shape
+    d = 32 if B * triton.cdiv(D, 32) >= _multiprocessors(v.device) else 16
+    return Blocks(t=32, d=d)
+
+
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _launch(v: Tensor, blocks: Blocks) -> _Launch:
+    B, T, D = v.shape
+    n_tiles = triton.cdiv(T, blocks.t)
+    programs = B * triton.cdiv(D, blocks.d)
+    chunks = blocks.chunks
+    if chunks is None:
+        target = 2 * _multiprocessors(v.device) if v.device.type == "cuda" else 1
+        chunks = math.ceil(target / programs)
+    tiles_per_chunk = triton.cdiv(n_tiles, max(1, min(chunks, n_tiles)))
+    n_chunks = triton.cdiv(n_tiles, tiles_per_chunk)
+    return _Launch(blocks, n_tiles, tiles_per_chunk, n_chunks, (programs, n_chunks))
+
+
+def _shifts(band: Band, backward: bool) -> tuple[int, int]:
+    """Row shifts of the outside terms on the sweep's side and on the other side.
+
+    Forward (keys, ascending): ``t' <= t - window`` and ``t' >= t + max(window, 1)``.
+    Backward (queries, descending): ``t >= t' + window`` and ``t <= t' - max(window, 1)``.
+    """
+    near, far = band.window, max(band.window, 1)
+    return (near, -far) if backward else (-near, far)
+
+
+def _summaries(
+    feeds: tuple[Tensor, ...], D: int, HK: int, band: Band, launch: _Launch, gated: bool, backward: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(main_chunks, other_tiles, other_chunks)`` for a sweep (see ``_summary_kernel``);
+    an unused one is an empty placeholder."""
+    v = feeds[2]
+    B, T = v.shape[:2]
+    placeholder = v.new_empty(1, dtype=torch.float32)
+    main_chunks = other_tiles = other_chunks = placeholder
+    if not band.global_connectivity:
+        return main_chunks, other_tiles, other_chunks
+    main_shift, other_shift = _shifts(band, backward)
+    states = lambda n: v.new_empty(B, n, 3, D, dtype=torch.float32)  # noqa: E731
+
+    def summarize(tiles: Tensor, chunks: Tensor, shift: int, reverse: bool, store_tiles: bool) -> None:
+        blocks = launch.blocks
+        _summary_kernel[launch.grid](
+            *feeds, tiles, chunks, T, D, HK, shift, launch.tiles_per_chunk,
+            GROUP=D // HK, GATED=gated, QUERIES=backward, REVERSE=reverse, STORE_TILES=store_tiles,
+            BLOCK_T=blocks.t, BLOCK_D=blocks.d, num_warps=blocks.warps,
+        )
+
+    if launch.n_chunks > 1:
+        main_chunks = states(launch.n_chunks)
+        summarize(placeholder, main_chunks, main_shift, backward, False)
+    if not band.causal:
+        other_tiles, other_chunks = states(launch.n_tiles), states(launch.n_chunks)
+        summarize(other_tiles, other_chunks, other_shift, not backward, True)
+    return main_chunks, other_tiles, other_chunks
+
+
+def _device(t: Tensor) -> contextlib.AbstractContextManager:
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _forward(
+    q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, band: Band, launch: _Launch, store_lse: bool
+) -> tuple[Tensor, Tensor]:
+    """``(out, lse)``; ``lse`` is a placeholder unless ``store_lse``."""
+    B, T, D = v.shape
+    HK = k.shape[-1]
+    out = torch.empty_like(v)
+    lse = torch.empty(B, T, D, dtype=torch.float32, device=v.device) if store_lse else v.new_empty(1, dtype=torch.float32)
+    gate = v if q is None else q
+    feeds = (gate, k, v, out, lse, out)
+    summaries = _summaries(feeds, D, HK, band, launch, q is not None, backward=False)
+    blocks = launch.blocks
+    _forward_kernel[launch.grid](
+        gate, k, v, bias, out, lse, *summaries,
+        T, D, HK, band.window, band.lo, band.width, *_shifts(band, False), launch.tiles_per_chunk,
+        GROUP=D // HK, CAUSAL=band.causal, GATED=q is not None, GLOBAL=band.global_connectivity,
+        PER_HEAD=band.per_head, STORE_LSE=store_lse, BLOCK_T=blocks.t, BLOCK_D=blocks.d, num_warps=blocks.warps,
+    )
+    return out, lse
+
+
+def _backward(
+    q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
+    band: Band, launch: _Launch, bias_grad: bool,
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor | None]:
+    B, T, D = v.shape
+    HK = k.shape[-1]
+    gate = v if q is None else q
+    placeholder = v.new_empty(1, dtype=torch.float32)
+    dq = placeholder if q is None else torch.empty_like(q)
+    dk = torch.empty_like(k) if HK == D else torch.empty(B, T, D, dtype=torch.float32, device=k.device)
+    dv = torch.empty_like(v)
+    dbias = placeholder
+    if bias_grad:  # per channel when per head, summed over each head's channels below
+        dbias = torch.zeros(D if band.per_head else T, band.width, dtype=torch.float32, device=v.device)
+    feeds = (gate, k, v, out, lse, dout)
+    summaries = _summaries(feeds, D, HK, band, launch, q is not None, backward=True)
+    blocks = launch.blocks
+    _backward_kernel[launch.grid](
+        gate, k, v, bias, out, lse, dout, *summaries, dq, dk, dv, dbias,
+        T, D, HK, band.window, band.lo, band.width, *_shifts(band, True), launch.tiles_per_chunk,
+        GROUP=D // HK, CAUSAL=band.causal, GATED=q is not None, GLOBAL=band.global_connectivity,
+        PER_HEAD=band.per_head, BIAS_GRAD=bias_grad, BLOCK_T=blocks.t, BLOCK_D=blocks.d, num_warps=blocks.warps,
+    )
+    if HK != D:
+        dk = dk.view(B, T, HK, D // HK).sum(-1).to(k.dtype)
+    if not bias_grad:
+        return (None if q is None else dq), dk, dv, None
+    if band.per_head:
+        dbias = dbias.view(HK, D // HK, -1).sum(1)
+    return (None if q is None else dq), dk, dv, dbias.to(bias.dtype)
+
+
+class _BandedAFT(torch.autograd.Function):
+    """Saves ``q, k, v`` (contiguous), the band, ``out`` and float32 ``lse``, all ``O(T D)``."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, band: Band, blocks: Blocks) -> Tensor:
+        q = None if q is None else q.contiguous()
+        k, v, bias = k.contiguous(), v.contiguous(), bias.contiguous()
+        launch = _launch(v, blocks)
+        with _device(v):
+            out, lse = _forward(q, k, v, bias, band, launch, store_lse=any(ctx.needs_input_grad[:4]))
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.band, ctx.launch = band, launch
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        with _device(v):
+            dq, dk, dv, dbias = _backward(
+                q, k, v, bias, out, lse, dout.contiguous(), ctx.band, ctx.launch, ctx.needs_input_grad[3]
+            )
+        return dq, dk, dv, dbias, None, None
+
+
+def banded_aft(q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, band: Band, blocks: Blocks | None = None) -> Tensor:
+    """``sigmoid(q) * avg`` (Eq. 2) with a banded bias, see the module docstring.
+
+    Args:
+        q, v: ``(B, T, D)``; ``q=None`` drops the query gate.
+        k: ``(B, T, Hk)``, ``Hk`` divides ``D``.
+        bias: ``(T, band.width)`` or, ``band.per_head``, ``(Hk, band.width)``; its entries
+            whose key ``t - o`` lies outside ``[0, T)`` are ignored.
+        band: the bias pattern.
+        blocks: launch shape; default :func:`default_blocks`.
+
+    Returns:
+        ``(B, T, D)`` in ``v``'s dtype.
+    """
+    return _BandedAFT.apply(q, k, v, bias, band, blocks or default_blocks(v))

@@ -1,0 +1,286 @@
+"""The Triton kernels of aft.kernels against float64 references, forward and backward.
+
+On the CPU the kernels need Triton's interpreter, which must be switched on before Triton is
+imported: :func:`test_interpreted_kernels` runs this file in a subprocess with
+``TRITON_INTERPRET=1`` at tiny sizes with small blocks (several tiles, channel blocks and
+chunks), comparing with the dense reference of tests/aft/reference.py. With a CUDA device
+the kernels run compiled at real sizes against the float64 PyTorch path of aft.functional
+(itself checked against the dense reference in test_functional.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from aft import functional as AF
+from aft import kernels
+from tests.aft.reference import conv1d_bias, local_bias, reference_aft
+
+INTERPRETED = kernels.interpreting()
+interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs under TRITON_INTERPRET=1 in test_interpreted_kernels")
+on_cuda = pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs a CUDA device")
+
+B, T, D, HEADS = 1, 21, 8, 4  # 3 tiles of 8 rows in 2 chunks: the interpreter's cost grows with B T D
+Case = tuple[Callable[..., Tensor], Callable[..., Tensor], list[Tensor]]
+VARIANTS = ["simple", "simple_ungated", "local_factorized", "local_dense", "conv1d", "conv1d_kernel_only"]
+
+
+def test_interpreted_kernels() -> None:
+    """Run this file under the Triton interpreter (the rest of the suite stays compiled-free)."""
+    if INTERPRETED:
+        pytest.skip("this is the interpreted run")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-o", "addopts="],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    passed = re.search(r"(\d+) passed", result.stdout)
+    assert passed and int(passed.group(1)) >= 30, result.stdout[-2000:]
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _blocks(t: int = 8, d: int = 8, chunks: int = 2):
+    """A launch shape (imported lazily: Triton)."""
+    from aft.kernels.banded import Blocks
+
+    return Blocks(t=t, d=d, chunks=chunks)
+
+
+def _randn(*shape: int, scale: float = 1.0, seed: int, device: str = "cpu") -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(device)
+
+
+def _case(
+    variant: str, causal: bool, scale: float, n: int = T, window: int = 5, blocks=None, shape: tuple[int, int] = (B, D)
+) -> Case:
+    """``(kernel(*inputs), dense float64 reference(*inputs), inputs)`` on the CPU; ``shape``: batch, channels."""
+    batch, d = shape
+    q, v = _randn(batch, n, d, seed=1), _randn(batch, n, d, seed=2)
+    k = _randn(batch, n, HEADS if variant.startswith("conv1d") else d, scale=scale, seed=3)
+    blocks = blocks or _blocks()
+    if variant.startswith("simple"):
+        zeros = torch.zeros(1, n, n, dtype=torch.float64)
+        if variant == "simple_ungated":
+            return (lambda k, v: kernels.aft_simple(None, k, v, causal, blocks),
+                    lambda k, v: reference_aft(None, k, v, zeros, causal), [k, v])
+        return (lambda q, k, v: kernels.aft_simple(q, k, v, causal, blocks),
+                lambda q, k, v: reference_aft(q, k, v, zeros, causal), [q, k, v])
+    if variant == "local_factorized":
+        # u, f of scale sqrt(scale): the bias u f^T has the scale of the keys
+        u, f = _randn(n, 3, scale=scale**0.5, seed=4), _randn(n, 3, scale=scale**0.5, seed=5)
+        return (lambda q, k, v, u, f: kernels.aft_local(q, k, v, (u, f), window, causal, blocks),
+                lambda q, k, v, u, f: reference_aft(q, k, v, local_bias(u @ f.T, window), causal), [q, k, v, u, f])
+    if variant == "local_dense":
+        w = _randn(n, n, scale=scale, seed=4)
+        return (lambda q, k, v, w: kernels.aft_local(q, k, v, w, window, causal, blocks),
+                lambda q, k, v, w: reference_aft(q, k, v, local_bias(w, window), causal), [q, k, v, w])
+    global_connectivity = variant == "conv1d"
+    w = _randn(HEADS, 4 if causal else 5, scale=scale, seed=4)
+    return (lambda q, k, v, w: kernels.aft_conv1d(q, k, v, w, causal, global_connectivity, blocks),
+            lambda q, k, v, w: reference_aft(q, k, v, conv1d_bias(w, n, causal, global_connectivity), causal),
+            [q, k, v, w])
+
+
+def _assert_close(out: Tensor, ref: Tensor, tol: float) -> None:
+    """Elementwise ``|out - ref| <= tol * (|ref| + max |ref|)``, finite."""
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol * float(ref.detach().abs().max()))
+
+
+def _check(case: Case, tol: float) -> None:
+    """The kernel's float32 output and gradients against autograd through the float64 reference."""
+    kernel, reference, inputs = case
+    ours = [x.float().requires_grad_() for x in inputs]
+    theirs = [x.double().requires_grad_() for x in inputs]
+    out, ref = kernel(*ours), reference(*theirs)
+    _assert_close(out, ref, tol)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(ref.device)
+    for a, b in zip(torch.autograd.grad(out, ours, grad.float()), torch.autograd.grad(ref, theirs, grad)):
+        _assert_close(a, b, tol)
+
+
+# ------------------------------------------------------------------- interpreted (CPU)
+
+
+@interpreted
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_matches_reference(variant: str, causal: bool, scale: float) -> None:
+    """Keys and biases of magnitude 1e2 stay finite and exact in float32."""
+    _check(_case(variant, causal, scale), 4e-6 * (1.0 + scale))
+
+
+@interpreted
+@pytest.mark.parametrize("variant", ["local_factorized", "conv1d"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_launch_shapes(variant: str, causal: bool) -> None:
+    """Two batch elements, two channel blocks of two key heads each, three chunks of one tile;
+    then five tiles in one chunk."""
+    for blocks in (_blocks(t=8, d=8, chunks=3), _blocks(t=4, d=16, chunks=1)):
+        _check(_case(variant, causal, 1.0, n=19, blocks=blocks, shape=(2, 16)), 1e-5)
+
+
+@interpreted
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", [1, 2, T, 100])
+def test_local_windows(causal: bool, window: int) -> None:
+    _check(_case("local_factorized", causal, 1.0, window=window), 1e-5)
+
+
+@interpreted
+def test_causal_growing_keys() -> None:
+    """Early keys e^-300 below later ones: a running maximum, no 0/0."""
+    n, blocks = 24, _blocks()
+    k = torch.linspace(0, 300, n, dtype=torch.float64).view(1, n, 1) + _randn(1, n, 8, seed=1)
+    v = _randn(1, n, 8, seed=2)
+    w = _randn(n, n, seed=3)
+    for kernel, bias in (
+        (lambda k, v: kernels.aft_simple(None, k, v, True, blocks), torch.zeros(1, n, n, dtype=torch.float64)),
+        (lambda k, v: kernels.aft_local(None, k, v, w.float(), 6, True, blocks), local_bias(w, 6)),
+    ):
+        _check((kernel, lambda k, v: reference_aft(None, k, v, bias, True), [k, v]), 1e-6 * 300)
+
+
+@interpreted
+@pytest.mark.parametrize("variant", ["simple", "local_factorized", "local_dense", "conv1d"])
+def test_causal_leakage(variant: str) -> None:
+    """Outputs at <= t ignore inputs after t, and their gradients vanish there."""
+    kernel, _, inputs = _case(variant, True, 1.0)
+    x = [a.float() for a in inputs]
+    out = kernel(*x)
+    for t in (0, 12):
+        changed = [a.clone() for a in x]
+        for a in changed[:3]:
+            a[:, t + 1 :] = torch.randn_like(a[:, t + 1 :]) * 5
+        torch.testing.assert_close(kernel(*changed)[:, : t + 1], out[:, : t + 1], rtol=0, atol=1e-6)
+        ours = [a.clone().requires_grad_() for a in x]
+        grads = torch.autograd.grad(kernel(*ours)[:, : t + 1].sum(), ours[:3])
+        assert all(float(g[:, t + 1 :].abs().max()) == 0.0 for g in grads)
+
+
+@interpreted
+def test_functional_dispatches_to_kernels() -> None:
+    """aft.functional runs the kernels for float32 (here interpreted), PyTorch for float64."""
+    q, k, v = (_randn(B, T, D, seed=s).float() for s in (1, 2, 3))
+    u = _randn(T, 3, seed=4)
+    w = _randn(HEADS, 3, seed=5)
+    for fn in (
+        lambda q, k, v: AF.aft_simple(q, k, v, causal=True),
+        lambda q, k, v: AF.aft_local(q, k, v, (u.to(v.dtype), u.to(v.dtype)), 4),
+        lambda q, k, v: AF.aft_conv1d(q, k[..., :HEADS], v, w.to(v.dtype), causal=True),
+    ):
+        out = fn(*(x.requires_grad_() for x in (q, k, v)))
+        assert type(out.grad_fn).__name__ == "_BandedAFTBackward"
+        with kernels.enabled(False):
+            torch.testing.assert_close(out, fn(q, k, v), rtol=1e-5, atol=1e-6)
+        assert type(fn(q.double(), k.double(), v.double()).grad_fn).__name__ != "_BandedAFTBackward"
+
+
+@interpreted
+def test_saves_inputs_output_and_lse_only() -> None:
+    """Autograd keeps q, k, v, the band, out and float32 lse: O(T D), nothing recomputable."""
+    q, k, v = (_randn(B, T, D, seed=s).float().requires_grad_() for s in (1, 2, 3))
+    u = _randn(T, 3, seed=4).float()
+    saved: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        kernels.aft_simple(q, k, v, True)
+    assert sum(saved.values()) == 5 * q.nbytes + 4  # + the 1-element placeholder band
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        kernels.aft_local(q, k, v, (u, u), 4, True)
+    assert sum(saved.values()) < 5 * q.nbytes + T * 4 * 4 + 64 * 8 * 3 * 4  # band, factor blocks
+
+
+@interpreted
+def test_autocast_core_in_float32() -> None:
+    q, k, v = (_randn(B, T, D, seed=s).float() for s in (1, 2, 3))
+    w = _randn(T, T, seed=4).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = kernels.aft_local(q.bfloat16(), k.bfloat16() * 30, v.bfloat16(), w, 4, False, _blocks())
+    assert out.dtype == torch.bfloat16
+    ref = reference_aft(q.bfloat16(), k.bfloat16() * 30, v.bfloat16(), local_bias(w, 4), False)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2)
+
+
+# --------------------------------------------------------------------- compiled (CUDA)
+
+
+def _cuda_case(variant: str, causal: bool, scale: float, n: int, d: int) -> Case:
+    """``(kernel, float64 PyTorch path, inputs)`` on the GPU, default launch shape."""
+    q, v = _randn(2, n, d, seed=1, device="cuda"), _randn(2, n, d, seed=2, device="cuda")
+    heads = 8 if variant.startswith("conv1d") else d
+    k = _randn(2, n, heads, scale=scale, seed=3, device="cuda")
+    if variant.startswith("simple"):
+        gate = variant == "simple"
+        fn = lambda q, k, v: AF.aft_simple(q if gate else None, k, v, causal)  # noqa: E731
+        return fn, fn, [q, k, v]
+    if variant == "local_factorized":
+        u, f = (_randn(n, 16, scale=scale**0.5 / 4, seed=s, device="cuda") for s in (4, 5))
+        fn = lambda q, k, v, u, f: AF.aft_local(q, k, v, (u, f), 32, causal)  # noqa: E731
+        return fn, fn, [q, k, v, u, f]
+    if variant == "local_dense":
+        fn = lambda q, k, v, w: AF.aft_local(q, k, v, w, 256, causal)  # noqa: E731
+        return fn, fn, [q, k, v, _randn(n, n, scale=scale, seed=4, device="cuda")]
+    global_connectivity = variant == "conv1d"
+    fn = lambda q, k, v, w: AF.aft_conv1d(q, k, v, w, causal, global_connectivity)  # noqa: E731
+    return fn, fn, [q, k, v, _randn(8, 31, scale=scale, seed=4, device="cuda")]
+
+
+@on_cuda
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_matches_torch_path(variant: str, causal: bool) -> None:
+    _check(_cuda_case(variant, causal, 1.0, 4096, 256), 1e-5)
+
+
+@on_cuda
+@pytest.mark.parametrize("variant", ["simple", "local_factorized", "local_dense", "conv1d"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_extreme_scales(variant: str, causal: bool) -> None:
+    _check(_cuda_case(variant, causal, 100.0, 1024, 64), 4e-6 * 101)
+
+
+@on_cuda
+def test_cuda_causal_growing_keys() -> None:
+    n = 4096
+    k = torch.linspace(0, 300, n, device="cuda", dtype=torch.float64).view(1, n, 1) + _randn(1, n, 64, seed=1, device="cuda")
+    v = _randn(1, n, 64, seed=2, device="cuda")
+    u = _randn(n, 8, seed=3, device="cuda")
+    for fn in (
+        lambda k, v: AF.aft_simple(None, k, v, causal=True),
+        lambda k, v: AF.aft_local(None, k, v, (u.to(k.dtype), u.to(k.dtype)), 32, causal=True),
+    ):
+        _check((fn, fn, [k, v]), 1e-5 * 300)
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast(dtype: torch.dtype) -> None:
+    q, k, v = (_randn(2, 1024, 128, seed=s, device="cuda").to(dtype) for s in (1, 2, 3))
+    u = _randn(1024, 8, seed=4, device="cuda").float() * 0.5
+    with torch.autocast("cuda", dtype=dtype):
+        out = AF.aft_local(q, k, v, (u, u), 32, causal=True)
+    assert out.dtype == dtype
+    ref = AF.aft_local(q.double(), k.double(), v.double(), (u.double(), u.double()), 32, causal=True)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2)

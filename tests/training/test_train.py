@@ -1,0 +1,148 @@
+"""train.py and eval.py end to end, as a user runs them (subprocesses, tiny configs, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aft.training.checkpoint import load
+from aft.training.logger import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+# The README's main command (the embedded default), shrunk so each run takes seconds.
+TINY = [
+    "model.depth=1",
+    "model.dim=32",
+    "data.seq_len=32",
+    "model.dropout=0.0",
+    "trainer.batch_size=8",
+    "trainer.eval_batch_size=16",
+    "trainer.eval_batches=2",
+    "schedule.warmup_steps=5",
+]
+LOCAL_MIXER = ["model.mixer.window=8", "model.mixer.bias_dim=8"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _train(run_dir: Path, *overrides: str, check: bool = True, mixer: list[str] = LOCAL_MIXER) -> subprocess.CompletedProcess:
+    command = [sys.executable, "train.py", *TINY, *mixer, *overrides, f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["train_loss"] for r in read_metrics(run_dir) if "train_loss" in r}
+
+
+def test_main_command_trains_loss_falls_and_evaluates(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _train(run, "trainer.max_steps=60", "trainer.log_every=5", "trainer.eval_every=30", "trainer.checkpoint_every=30")
+    losses = list(_losses(run).values())
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
+    assert (run / "checkpoints" / "last.pt").exists() and (run / ".hydra" / "config.yaml").exists()
+    records = read_metrics(run)
+    assert {"valid_bits", "test_bits"} <= {k for r in records for k in r}
+    out = tmp_path / "records"
+    result = subprocess.run(
+        [sys.executable, "eval.py", str(run), "--splits", "test", "--speed", "--speed-batch-size", "4", "--out", str(out)],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record_file,) = out.glob("*.json")
+    record = json.loads(record_file.read_text())
+    assert record["experiment"] == "embedded_text_aft_local" and record["split"] == "test"
+    assert record["metrics"]["unit"] == "bpc" and record["metrics"]["complete"]
+    final_test = [r["test_bits"] for r in records if "test_bits" in r][-1]
+    assert record["metrics"]["bits"] == pytest.approx(final_test, rel=1e-5)
+    assert record["metrics"]["samples_per_sec"] > 0 and record["step"] == 60
+
+
+def test_killed_run_resumes_on_the_same_curve(tmp_path: Path) -> None:
+    steps = ["trainer.max_steps=40", "trainer.log_every=1", "trainer.checkpoint_every=4", "trainer.eval_every=0"]
+    reference = tmp_path / "uninterrupted"
+    _train(reference, *steps)
+    run = tmp_path / "killed"
+    command = [sys.executable, "train.py", *TINY, *LOCAL_MIXER, *steps, f"hydra.run.dir={run}"]
+    process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and max(_losses(run), default=0) < 10 and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = max(_losses(run))
+    assert process.returncode == -signal.SIGKILL and killed_at < 40, "the run ended before it could be killed"
+    _train(run, *steps)  # the same command again: resumes from the last checkpoint
+    expected, resumed = _losses(reference), _losses(run)
+    assert sorted(resumed) == list(range(1, 41))
+    for step in range(1, 41):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+
+
+def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
+    steps = ["trainer.max_steps=6", "trainer.log_every=1", "trainer.eval_every=0", "trainer.device=cpu"]
+    single = tmp_path / "single"
+    _train(single, *steps, "trainer.micro_batch_size=4")  # 2 accumulated micro-batches of 4
+    ddp = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        "train.py", *TINY, *LOCAL_MIXER, *steps, f"hydra.run.dir={ddp}",
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, got = _losses(single), _losses(ddp)
+    assert sorted(got) == list(range(1, 7))
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5), step
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _train(run, "trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.eval_every=0")
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    result = _train(run, "trainer.max_steps=8", "trainer.checkpoint_every=2", "trainer.eval_every=0", check=False)
+    assert result.returncode == 1
+    assert "corrupt" in result.stderr and "prev.pt" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.mixer.window=1000"], "set model.mixer.window"),
+        (["model/mixer=aft_conv1d", "model.mixer.heads=3", "model.mixer.kernel_size=3"], "set model.mixer.heads"),
+        (["experiment=no_such_row"], "Could not find 'experiment/no_such_row'"),
+        (["experiment=enwik8_aft_local32_l24_d256", "data.root=/nonexistent"], "set data.root"),
+        (["trainer.batch_size=6", "trainer.micro_batch_size=4"], "trainer.batch_size=6 must be a multiple"),
+    ],
+)
+def test_bad_configs_give_one_line_errors(tmp_path: Path, overrides: list[str], message: str) -> None:
+    mixer = [] if any(o.startswith("model/mixer=") for o in overrides) else LOCAL_MIXER
+    result = _train(tmp_path / "run", "trainer.max_steps=2", *overrides, check=False, mixer=mixer)
+    assert result.returncode != 0
+    assert message in result.stderr
+    if not message.startswith("Could not"):  # Hydra's own composition errors list the options
+        assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = _train(
+        run, "trainer.max_steps=50", "optim.lr=1e30", "trainer.grad_clip=0", "trainer.checkpoint_every=1",
+        "trainer.eval_every=0", check=False,
+    )
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: non-finite training loss at step ") and "optim.lr" in last_line
+    failed_at = int(last_line.split("at step ")[1].split(";")[0])
+    state = load(run / "checkpoints" / "last.pt")
+    assert state["step"] == failed_at - 1
