@@ -55,11 +55,29 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
+        _check_cuda_arch(dev)
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
     return DistInfo(rank, world_size, local_rank, dev)
+
+
+def _check_cuda_arch(device: torch.device) -> None:
+    """Fail early when this PyTorch build has no kernels for the GPU (e.g. V100 = sm_70).
+
+    Recent PyPI wheels start at sm_75; V100 users need a build that still lists sm_70
+    (README, "V100").
+    """
+    major, minor = torch.cuda.get_device_capability(device)
+    built = [a for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
+    oldest = min((int(a[3:]) for a in built), default=0)
+    if oldest > major * 10 + minor:
+        raise RuntimeError(
+            f"this PyTorch build ({torch.__version__}) has no kernels for {torch.cuda.get_device_name(device)} "
+            f"(sm_{major}{minor}; it starts at sm_{oldest}): install a build that lists sm_{major}{minor} "
+            "in torch.cuda.get_arch_list() (README, section V100)"
+        )
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

@@ -181,6 +181,10 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any]:
     data = instantiate(cfg.data)
     model = instantiate(cfg.model)
     _check_model_fits_data(model, data)
+    checkpoint_dir = run_dir / "checkpoints"
+    resume_from = _find_resume(cfg, checkpoint_dir)
+    if resume_from is None and cfg.get("model_init") is not None:
+        instantiate(cfg.model_init)(model)  # e.g. Table 8 "ft": weights from a pretrained DeiT
     model.to(dist.device)
     optimizer = instantiate(cfg.optim)(model)
     micro, accumulation = _batch_plan(cfg, dist)
@@ -192,8 +196,6 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.trainer.precision == "fp16")
     position = Position()
 
-    checkpoint_dir = run_dir / "checkpoints"
-    resume_from = _find_resume(cfg, checkpoint_dir)
     if resume_from is not None:
         state = ckpt.load(resume_from)
         model.load_state_dict(state["model"])
