@@ -22,42 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from aft.runs import load_config, locate
 from aft.training import checkpoint as ckpt
 from aft.training.distributed import DistInfo
 from aft.training.evaluate import evaluate, inference_speed
-
-
-def locate(path: Path) -> tuple[Path, Path]:
-    """``(run_dir, checkpoint)`` from a run folder or a checkpoint file."""
-    if path.is_file():
-        return path.parent.parent, path
-    checkpoint = path / "checkpoints" / ckpt.LAST
-    if not checkpoint.exists():
-        raise FileNotFoundError(f"no checkpoint at {checkpoint}: train first (python train.py ...) or pass a .pt file")
-    return path, checkpoint
-
-
-def load_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, str]:
-    """The run's resolved config with ``overrides`` applied, and the experiment name."""
-    config_file = run_dir / ".hydra" / "config.yaml"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{config_file} is missing: {run_dir} is not a train.py run folder")
-    cfg = OmegaConf.load(config_file)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not key=value")
-        OmegaConf.update(cfg, key, yaml.safe_load(value), force_add=True)
-    hydra_file = run_dir / ".hydra" / "hydra.yaml"
-    experiment = "default"
-    if hydra_file.exists():
-        choices = OmegaConf.load(hydra_file).hydra.runtime.choices
-        experiment = choices.get("experiment") or "default"
-    return cfg, experiment
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -2,9 +2,17 @@
 
 For each sequence length T it times forward + backward of every operator on the same
 inputs and counts the bytes saved for backward (``saved_tensors_hooks``, each storage
-once), plus ``torch.cuda.max_memory_allocated`` on a GPU. It prints a table, the ratios
-to SDPA attention and the growth from the smallest to the largest T, and writes a JSON
-record with the device and the command.
+once), plus ``torch.cuda.max_memory_allocated`` on a GPU. AFT-simple, AFT-local and
+AFT-conv1d appear twice where the Triton kernels run (CUDA): ``name[triton]`` and
+``name[torch]`` (the PyTorch path, forced with ``aft.kernels.enabled(False)``). It prints a
+table, the ratios to SDPA attention and the growth from the smallest to the largest T.
+
+On CUDA it also measures device-to-device copy bandwidth (bytes read + written) and, for
+causal AFT-simple and AFT-local (w=32, factorized bias) at ``--bandwidth-shape``, the
+forward and the backward pass separately: the fewest bytes each must move (forward: read
+q, k, v, write out and the float32 log-normalizer: 5 B T D x 4 bytes; backward: read q, k,
+v, out, lse, dout, write dq, dk, dv: 9 B T D x 4 bytes) over its median time, as a fraction
+of the copy bandwidth. It writes a JSON record with the device and the command.
 
     python scripts/bench_ops.py                       # B=4, D=256, T in 1024 4096 16384
     python scripts/bench_ops.py --device cuda --out results/bench/ops_cuda.json
@@ -27,8 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from aft import functional as AF
+from aft import kernels
 
 Op = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# Fewest bytes per element of a (B, T, D) float32 tensor: forward reads q, k, v and writes
+# out, lse; backward reads q, k, v, out, lse, dout and writes dq, dk, dv.
+_MIN_TENSORS = {"forward": 5, "backward": 9}
 
 
 def build_ops(T: int, D: int, heads: int, bias_dim: int, device: torch.device) -> dict[str, tuple[Op, int]]:
@@ -40,12 +52,15 @@ def build_ops(T: int, D: int, heads: int, bias_dim: int, device: torch.device) -
 
     u, v = param(T, bias_dim), param(T, bias_dim)
     kernel = param(heads, 32)
-    ops: dict[str, tuple[Op, int]] = {
-        "aft_simple": (lambda q, k, x: AF.aft_simple(q, k, x, causal=True), D),
-        "aft_local_w32": (lambda q, k, x: AF.aft_local(q, k, x, (u, v), 32, causal=True), D),
-        "aft_local_w256": (lambda q, k, x: AF.aft_local(q, k, x, (u, v), 256, causal=True), D),
-        "aft_conv1d_k32_h8": (lambda q, k, x: AF.aft_conv1d(q, k, x, kernel, causal=True), heads),
-    }
+    ops = with_kernel_variants(
+        {
+            "aft_simple": (lambda q, k, x: AF.aft_simple(q, k, x, causal=True), D),
+            "aft_local_w32": (lambda q, k, x: AF.aft_local(q, k, x, (u, v), 32, causal=True), D),
+            "aft_local_w256": (lambda q, k, x: AF.aft_local(q, k, x, (u, v), 256, causal=True), D),
+            "aft_conv1d_k32_h8": (lambda q, k, x: AF.aft_conv1d(q, k, x, kernel, causal=True), heads),
+        },
+        device,
+    )
     if T <= 4096:
         w = param(T, T)
         ops["aft_full"] = (lambda q, k, x: AF.aft_full(q, k, x, w, causal=True), D)
@@ -58,6 +73,27 @@ def build_ops(T: int, D: int, heads: int, bias_dim: int, device: torch.device) -
 
     ops["attention_sdpa_h8"] = (sdpa, D)
     return ops
+
+
+def with_kernel_variants(ops: dict[str, tuple[Op, int]], device: torch.device) -> dict[str, tuple[Op, int]]:
+    """``name[triton]`` and ``name[torch]`` for each op where the kernels run on ``device``."""
+    if not kernels.supports(torch.empty(0, device=device)):
+        return ops
+    out: dict[str, tuple[Op, int]] = {}
+    for name, (fn, channels) in ops.items():
+        out[f"{name}[triton]"] = (fn, channels)
+        out[f"{name}[torch]"] = (torch_path(fn), channels)
+    return out
+
+
+def torch_path(fn: Op) -> Op:
+    """``fn`` with the Triton kernels disabled."""
+
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
+        with kernels.enabled(False):
+            return fn(*inputs)
+
+    return run
 
 
 def saved_bytes(fn: Op, inputs: tuple[torch.Tensor, ...]) -> int:
@@ -131,11 +167,53 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy: bytes read + written per second (median of ``do_bench``)."""
+    import triton.testing
+
+    src = torch.empty(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def bandwidth_rows(args: argparse.Namespace, device: torch.device) -> dict:
+    """Forward and backward of causal AFT-simple and AFT-local (w=32) against copy bandwidth."""
+    import triton.testing
+
+    B, T, D = args.bandwidth_shape
+    copy = copy_bandwidth(device)
+    ops = {name: op for name, op in build_ops(T, D, args.heads, args.bias_dim, device).items()
+           if name.startswith(("aft_simple[", "aft_local_w32["))}
+    g = torch.Generator(device="cpu").manual_seed(1)
+    inputs = tuple(torch.randn(B, T, D, generator=g).to(device).requires_grad_() for _ in range(3))
+    rows = []
+    for name, (fn, _) in ops.items():
+        out = fn(*inputs)
+        grad = torch.randn_like(out)
+        passes = {
+            "forward": lambda: fn(*inputs),
+            "backward": lambda: torch.autograd.grad(out, inputs, grad, retain_graph=True),
+        }
+        for kind, step in passes.items():
+            ms = triton.testing.do_bench(step, return_mode="median")
+            nbytes = _MIN_TENSORS[kind] * B * T * D * 4
+            row = {"op": name, "pass": kind, "shape": [B, T, D], "seconds": ms * 1e-3, "min_bytes": nbytes,
+                   "bytes_per_second": nbytes / (ms * 1e-3), "copy_fraction": nbytes / (ms * 1e-3) / copy}
+            rows.append(row)
+            print(f"{name:<22} {kind:<8} {ms:8.3f} ms  {row['bytes_per_second'] / 1e12:5.2f} TB/s  "
+                  f"{row['copy_fraction']:6.1%} of copy", flush=True)
+        del out, grad
+        torch.cuda.empty_cache()
+    print(f"copy bandwidth {copy / 1e12:.2f} TB/s (read + write)")
+    return {"copy_bytes_per_second": copy, "rows": rows}
+
+
 def _format_row(row: dict) -> str:
     if "skipped" in row:
-        return f"{row['op']:<20} T={row['T']:<6} skipped: {row['skipped']}"
+        return f"{row['op']:<26} T={row['T']:<6} skipped: {row['skipped']}"
     peak = "" if row.get("peak_bytes") is None else f"  peak {row['peak_bytes'] / 2**20:9.1f} MiB"
-    return f"{row['op']:<20} T={row['T']:<6} {row['seconds'] * 1e3:10.1f} ms  saved {row['saved_bytes'] / 2**20:9.1f} MiB{peak}"
+    return f"{row['op']:<26} T={row['T']:<6} {row['seconds'] * 1e3:10.1f} ms  saved {row['saved_bytes'] / 2**20:9.1f} MiB{peak}"
 
 
 def summarize(rows: list[dict]) -> str:
@@ -161,7 +239,7 @@ def summarize(rows: list[dict]) -> str:
         if len(have) > 1:
             a, b = by[(n, have[0])], by[(n, have[-1])]
             lines.append(
-                f"  {n:<20} T {have[0]}->{have[-1]}: time x{b['seconds'] / a['seconds']:.1f}, "
+                f"  {n:<26} T {have[0]}->{have[-1]}: time x{b['seconds'] / a['seconds']:.1f}, "
                 f"saved bytes x{b['saved_bytes'] / a['saved_bytes']:.1f}"
             )
     return "\n".join(lines)
@@ -182,10 +260,13 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bandwidth-shape", type=int, nargs=3, default=[4, 16384, 1024], metavar=("B", "T", "D"),
+                        help="shape of the copy-bandwidth comparison (CUDA only)")
     parser.add_argument("--out", type=Path, help="write the JSON record here")
     args = parser.parse_args()
     rows = run(args)
     print(summarize(rows))
+    bandwidth = bandwidth_rows(args, torch.device(args.device)) if args.device.startswith("cuda") else None
     if args.out:
         record = {
             "command": "python " + " ".join(sys.argv),
@@ -193,6 +274,7 @@ def main() -> None:
             "torch": torch.__version__,
             "config": {k: v for k, v in vars(args).items() if k != "out"},
             "rows": rows,
+            "bandwidth": bandwidth,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=1) + "\n")

@@ -3,14 +3,16 @@
 "We train an AFT-conv by initializing its weights with that of the DeiT model, excluding the
 position embeddings, the class token, key and query projections." Everything else of every
 block (LayerNorms, value and output projections, MLP) and the patch embedding, final norm and
-head are copied from timm's DeiT layout.
+head are copied from timm's DeiT layout. The DeiT weights come from a local file (no network
+at run time): ``model_init.weights`` in configs/experiment/imagenet_aft_conv_base_k25_h32_ft384.yaml.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
-import timm
+from timm.models import load_state_dict
 from torch import Tensor
 
 from aft.models.vit import VisionTransformer
@@ -47,7 +49,18 @@ def transfer_deit_weights(model: VisionTransformer, deit_state: Mapping[str, Ten
     return sorted(state)
 
 
-def init_from_deit(model: VisionTransformer, deit_name: str = "deit_base_patch16_384") -> list[str]:
-    """Table 8 "ft": load timm's pretrained ``deit_name`` (downloads it) and transfer its weights."""
-    deit = timm.create_model(deit_name, pretrained=True)
-    return transfer_deit_weights(model, deit.state_dict())
+def init_from_deit(model: VisionTransformer, weights: str) -> list[str]:
+    """Table 8 "ft": transfer the DeiT base 384 weights of the local file ``weights`` into ``model``.
+
+    ``weights`` is a timm state dict of ``deit_base_patch16_384`` saved with ``torch.save``
+    (``.pth``; a ``{"model": ...}`` wrapper as in DeiT's release is unwrapped) or ``.safetensors``.
+    """
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model_init.weights={weights} does not exist: on a machine with network run "
+            f"python -c \"import timm, torch; torch.save(timm.create_model('deit_base_patch16_384', pretrained=True)"
+            f".state_dict(), 'deit_base_patch16_384.pth')\", copy the file here and set model_init.weights "
+            f"(or DEIT_BASE_384_WEIGHTS) to its path"
+        )
+    return transfer_deit_weights(model, load_state_dict(str(path), use_ema=False))

@@ -257,7 +257,9 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any]:
                         scaler.scale(total / accumulation).backward()
                     loss_sum += loss.detach()
                     window_samples += samples * dist.world_size
-                mean_loss = all_reduce_sum(loss_sum / accumulation) / dist.world_size
+                # one all-reduce: the mean loss over ranks and whether any rank was signalled
+                reduced = all_reduce_sum(torch.stack([loss_sum / accumulation, _flag(preemption.requested, dist)]))
+                mean_loss, stop_requested = reduced[0] / dist.world_size, bool(reduced[1] > 0)
                 if not torch.isfinite(mean_loss):
                     raise NonFiniteLossError(
                         f"non-finite training loss at step {position.step + 1}; the last good checkpoint is "
@@ -283,9 +285,9 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any]:
                     window_start, window_samples, window_steps = time.perf_counter(), 0, 0
                 if cfg.trainer.eval_every and position.step % cfg.trainer.eval_every == 0:
                     _log_eval(model, data, cfg, dist, logger, position.step, "valid", cfg.trainer.eval_batches)
-                if position.step % cfg.trainer.checkpoint_every == 0 or preemption.requested:
+                if position.step % cfg.trainer.checkpoint_every == 0 or stop_requested:
                     save()
-                if preemption.requested:
+                if stop_requested:
                     print(f"stopped by a signal at step {position.step}; relaunch the same command to resume", flush=True)
                     preemption.hand_over()
                     return {"preempted_at_step": position.step}
@@ -305,6 +307,10 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any]:
         progress.close()
         if logger is not None:
             logger.close()
+
+
+def _flag(value: object, dist: DistInfo) -> torch.Tensor:
+    return torch.tensor(float(bool(value)), device=dist.device)
 
 
 def _train_metrics(

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from aft.layers import AFTLocal, AFTSimple
 from aft.models import Decoder
 from aft.position_bias import ConvPositionBias, FactorizedPositionBias
-from tests.models.experiments import compose_config
+from aft.experiments import compose_config
 
 SEQ_LEN, VOCAB = 24, 11
 # model/mixer config -> overrides making its pattern non-trivial at T = 24

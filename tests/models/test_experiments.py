@@ -27,7 +27,7 @@ from aft.baselines import (
 )
 from aft.layers import AFTConv2d, AFTFull, AFTLocal, AFTSimple
 from aft.models import Decoder, VisionTransformer
-from tests.models.experiments import EXPERIMENTS, build_on_meta, compose_config, compose_experiment
+from aft.experiments import build_on_meta, compose_config, compose_experiment, experiment_names
 
 # experiment -> (mixer class, depth, dim, attributes of every mixer); §5.1, §5.2, Tables 2-4
 DECODER_ROWS: dict[str, tuple[type, int, int, dict[str, Any]]] = {
@@ -91,7 +91,7 @@ def attribute(obj: Any, dotted: str) -> Any:
 
 
 def test_every_experiment_is_checked() -> None:
-    assert sorted({**DECODER_ROWS, **VIT_ROWS, **TIMM_ROWS}) == EXPERIMENTS
+    assert sorted({**DECODER_ROWS, **VIT_ROWS, **TIMM_ROWS}) == experiment_names()
 
 
 def test_root_config_builds_the_default_causal_decoder() -> None:
@@ -171,7 +171,7 @@ def shrink(cfg: DictConfig) -> tuple[DictConfig, torch.Tensor]:
     return model, torch.randn(2, 3, 64, 64)
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", experiment_names())
 def test_tiny_version_trains(name: str) -> None:
     torch.manual_seed(0)
     model_cfg, inputs = shrink(compose_experiment(name))

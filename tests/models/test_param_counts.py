@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.models.experiments import build_on_meta, compose_experiment, count_parameters
+from aft.experiments import build_on_meta, compose_experiment, count_parameters
 
 # experiment -> the paper's #Params in millions
 TABLE_7 = {

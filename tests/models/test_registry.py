@@ -7,7 +7,7 @@ import timm
 import torch
 
 from aft.models.registry import VARIANTS
-from tests.models.experiments import build_on_meta, compose_experiment
+from aft.experiments import build_on_meta, compose_experiment
 
 # registered name -> the experiment config of the same table row
 EXPERIMENT_OF = {

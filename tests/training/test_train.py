@@ -88,6 +88,22 @@ def test_killed_run_resumes_on_the_same_curve(tmp_path: Path) -> None:
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
 
 
+def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path: Path) -> None:
+    """SLURM preemption: the run saves the step it is at, exits 0, and the relaunch resumes there."""
+    run = tmp_path / "run"
+    steps = ["trainer.max_steps=400", "trainer.log_every=1", "trainer.checkpoint_every=1000", "trainer.eval_every=0"]
+    command = [sys.executable, "train.py", *TINY, *LOCAL_MIXER, *steps, f"hydra.run.dir={run}"]
+    process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and max(_losses(run), default=0) < 5 and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=120)
+    assert process.returncode == 0 and "stopped by a signal at step" in stdout
+    stopped_at = int(stdout.split("stopped by a signal at step ")[1].split(";")[0])
+    assert 5 <= stopped_at < 400 and load(run / "checkpoints" / "last.pt")["step"] == stopped_at
+
+
 def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     steps = ["trainer.max_steps=6", "trainer.log_every=1", "trainer.eval_every=0", "trainer.device=cpu"]
     single = tmp_path / "single"

@@ -1,4 +1,7 @@
-"""Compose the experiment configs of ``configs/`` with Hydra's compose API (no data files read)."""
+"""The experiment configs of ``configs/experiment/`` (one per model row of the paper's tables),
+composed with Hydra's compose API exactly as ``train.py experiment=<name>`` composes them, without
+reading data or opening a network connection.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-EXPERIMENTS = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def experiment_names() -> list[str]:
+    """Sorted names of ``configs/experiment/*.yaml`` (``base/`` holds shared parts, not experiments)."""
+    return sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -40,4 +47,5 @@ def build_on_meta(model_cfg: DictConfig) -> nn.Module:
 
 
 def count_parameters(module: nn.Module) -> int:
+    """Number of parameter elements of ``module``."""
     return sum(p.numel() for p in module.parameters())
