@@ -21,18 +21,17 @@ A benchmark, not a test: numbers depend on the machine; compare ratios within on
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
-import platform
-import statistics
-import sys
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from benchlib import add_common_arguments, median_seconds, saved_bytes, write_record
 
 from aft.baselines import MultiHeadAttention
 from aft.layers import AFTLocal, AFTSimple
@@ -81,89 +80,114 @@ def mixers(shape: dict, seq_len: int) -> dict[str, MixerFactory]:
     return found
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def measure(model: nn.Module, tokens: torch.Tensor, repeats: int, device: torch.device, graph: bool) -> dict:
+    """Median training-step time (forward, backward, AdamW) and, eagerly, the step's memory.
 
+    ``graph``: capture the step once as a CUDA graph and time its replay
+    (``graph_iters_per_sec``). At these small per-GPU batches an eager step is bound by the
+    host launching ~10^3 kernels; the replay measures the GPU work alone.
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=graph)
 
-def _saved_bytes(model: nn.Module, tokens: torch.Tensor) -> int:
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(tokens).float().logsumexp(-1).mean()
-    del loss
-    return sum(storages.values())
-
-
-def measure(model: nn.Module, tokens: torch.Tensor, repeats: int, device: torch.device) -> dict[str, float]:
-    """Median training-step time (forward, backward, AdamW) and the step's memory."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> float:
-        _sync(device)
-        start = time.perf_counter()
+    def body() -> None:
         logits = model(tokens[:, :-1])
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
         loss.backward()
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        return time.perf_counter() - start
 
+    def step() -> None:
+        body()
+        optimizer.zero_grad(set_to_none=True)
+
+    if graph:
+        return {"graph_iters_per_sec": 1.0 / median_seconds(_capture(body, optimizer).replay, repeats, device)}
     step()  # warm-up (allocates the optimizer state)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = statistics.median(step() for _ in range(repeats))
-    result = {"iters_per_sec": 1.0 / seconds}
+    result = {"iters_per_sec": 1.0 / median_seconds(step, repeats, device)}
     if device.type == "cuda":
-        result["memory_bytes"] = torch.cuda.max_memory_allocated(device)
-        result["memory_kind"] = "cuda_max_allocated"
+        result.update(memory_bytes=torch.cuda.max_memory_allocated(device), memory_kind="cuda_max_allocated")
     else:
-        result["memory_bytes"] = _saved_bytes(model, tokens[:, :-1])
-        result["memory_kind"] = "saved_for_backward"
+        saved = saved_bytes(lambda: model(tokens[:, :-1]).float().logsumexp(-1).mean())
+        result.update(memory_bytes=saved, memory_kind="saved_for_backward")
     return result
 
 
-def _run_one(factory: MixerFactory, seq_len: int, depth: int, batch: int, repeats: int, device: torch.device) -> dict:
+def _capture(body: Callable[[], None], optimizer: torch.optim.Optimizer) -> torch.cuda.CUDAGraph:
+    """``body`` (forward, backward, optimizer step) captured as one CUDA graph (whole-network capture)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            optimizer.zero_grad(set_to_none=True)
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        body()
+    return graph
+
+
+def _run_one(case: Case, repeats: int, device: torch.device, graph: bool) -> dict:
     torch.manual_seed(0)
-    model = Decoder(factory, vocab_size=256, seq_len=seq_len, depth=depth, dim=DIM).to(device)
-    tokens = torch.randint(0, 256, (batch, seq_len + 1), device=device)
+    model = Decoder(case.factory, vocab_size=256, seq_len=case.seq_len, depth=case.depth, dim=DIM).to(device)
+    tokens = torch.randint(0, 256, (case.batch, case.seq_len + 1), device=device)
     try:
-        return measure(model, tokens, repeats, device)
+        return measure(model, tokens, repeats, device, graph)
     except torch.OutOfMemoryError:
         return {"skipped": "out of memory"}
+    except RuntimeError as error:  # aft-pytorch's AFTLocal builds its bias on the CPU: it cannot run on a GPU
+        return {"skipped": f"error: {str(error).splitlines()[0]}"}
     finally:
         del model
+        gc.collect()  # the step closures and a CUDA graph hold the model in reference cycles
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
 
-def paper_shapes(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    rows = []
-    for shape_name, shape in SHAPES.items():
-        for name, factory in mixers(shape, shape["seq_len"]).items():
-            row = {"shape": shape_name, "mixer": name, "T": shape["seq_len"], "depth": DEPTH, "batch": args.batch}
-            row.update(_run_one(factory, shape["seq_len"], DEPTH, args.batch, args.repeats, device))
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    return rows
+@dataclass
+class Case:
+    """One measured configuration: a mixer in the decoder at one shape."""
+
+    shape: str
+    mixer: str
+    factory: MixerFactory
+    seq_len: int
+    depth: int
+    batch: int
 
 
-def length_sweep(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    rows = []
+def cases(args: argparse.Namespace) -> list[Case]:
+    """The paper's shapes (Tables 2 and 4) at ``--batch``, then the T sweep (one block, batch 1)."""
+    found = [
+        Case(shape_name, name, factory, shape["seq_len"], DEPTH, args.batch)
+        for shape_name, shape in SHAPES.items()
+        for name, factory in mixers(shape, shape["seq_len"]).items()
+    ]
     for T in args.sweep:
         for name, factory in mixers(SHAPES["enwik8"], T).items():
-            if name.startswith("aft_pytorch"):
-                continue
-            row = {"shape": "sweep", "mixer": name, "T": T, "depth": 1, "batch": 1}
-            row.update(_run_one(factory, T, 1, 1, args.repeats, device))
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            if not name.startswith("aft_pytorch"):
+                found.append(Case("sweep", name, factory, T, 1, 1))
+    return found
+
+
+def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Every case eagerly (speed and memory), then, on CUDA, every case as a CUDA graph (speed).
+
+    The graphs run in a second pass so that their memory pools never count in a memory reading.
+    """
+    rows = []
+    for case in cases(args):
+        row = {"shape": case.shape, "mixer": case.mixer, "T": case.seq_len, "depth": case.depth, "batch": case.batch}
+        row.update(_run_one(case, args.repeats, device, graph=False))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    if device.type == "cuda":
+        for case, row in zip(cases(args), rows, strict=True):
+            if "skipped" not in row:
+                row.update(_run_one(case, args.repeats, device, graph=True))
+                print(json.dumps(row), flush=True)
     return rows
 
 
@@ -182,8 +206,11 @@ def summarize(rows: list[dict]) -> str:
             if paper is not None:
                 base = PAPER[shape_name]["transformer"]
                 paper_text = f" | paper speed x{paper[0] / base[0]:.2f}, memory x{paper[1] / base[1]:.2f}"
+            graphed = ""
+            if "graph_iters_per_sec" in row and "graph_iters_per_sec" in ref:
+                graphed = f" (CUDA graph x{row['graph_iters_per_sec'] / ref['graph_iters_per_sec']:.2f})"
             lines.append(
-                f"  {shape_name:<8} {name:<36} speed x{row['iters_per_sec'] / ref['iters_per_sec']:.2f}, "
+                f"  {shape_name:<8} {name:<36} speed x{row['iters_per_sec'] / ref['iters_per_sec']:.2f}{graphed}, "
                 f"memory x{row['memory_bytes'] / ref['memory_bytes']:.2f}{paper_text}"
             )
     sweep = [r for r in rows if r["shape"] == "sweep" and "skipped" not in r]
@@ -197,34 +224,16 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4, help="sequences per step (the paper used 32/128 over 8 GPUs)")
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sweep", type=int, nargs="*", default=[1024, 4096, 16384])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path)
+    add_common_arguments(parser, repeats=5)
     args = parser.parse_args()
     device = torch.device(args.device)
-    rows = paper_shapes(args, device) + length_sweep(args, device)
+    rows = run(args, device)
     print(summarize(rows))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        record = {
-            "command": "python " + " ".join(sys.argv),
-            "device": _device_name(device),
-            "torch": torch.__version__,
-            "paper": PAPER,
-            "rows": rows,
-        }
-        args.out.write_text(json.dumps(record, indent=1) + "\n")
-
+    write_record(args.out, device, paper=PAPER, rows=rows)
 
 if __name__ == "__main__":
     main()

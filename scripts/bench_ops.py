@@ -23,16 +23,12 @@ This is a benchmark, not a test: numbers depend on the machine.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from benchlib import add_common_arguments, median_seconds, saved_bytes, write_record
 
 from aft import functional as AF
 from aft import kernels
@@ -40,7 +36,7 @@ from aft import kernels
 Op = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # Fewest bytes per element of a (B, T, D) float32 tensor: forward reads q, k, v and writes
 # out, lse; backward reads q, k, v, out, lse, dout and writes dq, dk, dv.
-_MIN_TENSORS = {"forward": 5, "backward": 9}
+MIN_TENSORS = {"forward": 5, "backward": 9}
 
 
 def build_ops(T: int, D: int, heads: int, bias_dim: int, device: torch.device) -> dict[str, tuple[Op, int]]:
@@ -96,35 +92,15 @@ def torch_path(fn: Op) -> Op:
     return run
 
 
-def saved_bytes(fn: Op, inputs: tuple[torch.Tensor, ...]) -> int:
-    """Bytes of the distinct storages autograd saves for backward of ``fn(*inputs)``."""
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(*inputs)
-    del out
-    return sum(storages.values())
-
-
 def time_step(fn: Op, inputs: tuple[torch.Tensor, ...], repeats: int, device: torch.device) -> float:
     """Median seconds of forward + backward (after one warm-up)."""
 
-    def once() -> float:
+    def step() -> None:
         for t in inputs:
             t.grad = None
-        _sync(device)
-        start = time.perf_counter()
         fn(*inputs).sum().backward()
-        _sync(device)
-        return time.perf_counter() - start
 
-    once()
-    return statistics.median(once() for _ in range(repeats))
+    return median_seconds(step, repeats, device, warmup=1)
 
 
 def peak_bytes(fn: Op, inputs: tuple[torch.Tensor, ...], device: torch.device) -> int | None:
@@ -139,11 +115,6 @@ def peak_bytes(fn: Op, inputs: tuple[torch.Tensor, ...], device: torch.device) -
     return torch.cuda.max_memory_allocated() - base
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def run(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     rows = []
@@ -155,7 +126,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             inputs = tuple(torch.randn(s, generator=g).to(device).requires_grad_() for s in shapes)
             row = {"op": name, "T": T}
             try:
-                row["saved_bytes"] = saved_bytes(fn, inputs)
+                row["saved_bytes"] = saved_bytes(lambda: fn(*inputs))
                 row["seconds"] = time_step(fn, inputs, args.repeats, device)
                 row["peak_bytes"] = peak_bytes(fn, inputs, device)
             except torch.OutOfMemoryError:
@@ -197,7 +168,7 @@ def bandwidth_rows(args: argparse.Namespace, device: torch.device) -> dict:
         }
         for kind, step in passes.items():
             ms = triton.testing.do_bench(step, return_mode="median")
-            nbytes = _MIN_TENSORS[kind] * B * T * D * 4
+            nbytes = MIN_TENSORS[kind] * B * T * D * 4
             row = {"op": name, "pass": kind, "shape": [B, T, D], "seconds": ms * 1e-3, "min_bytes": nbytes,
                    "bytes_per_second": nbytes / (ms * 1e-3), "copy_fraction": nbytes / (ms * 1e-3) / copy}
             rows.append(row)
@@ -245,12 +216,6 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
@@ -258,27 +223,15 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8, help="attention heads and AFT-conv heads")
     parser.add_argument("--bias-dim", type=int, default=64, help="d' of the factorized AFT-local bias")
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bandwidth-shape", type=int, nargs=3, default=[4, 16384, 1024], metavar=("B", "T", "D"),
                         help="shape of the copy-bandwidth comparison (CUDA only)")
-    parser.add_argument("--out", type=Path, help="write the JSON record here")
+    add_common_arguments(parser, repeats=3)
     args = parser.parse_args()
     rows = run(args)
     print(summarize(rows))
     bandwidth = bandwidth_rows(args, torch.device(args.device)) if args.device.startswith("cuda") else None
-    if args.out:
-        record = {
-            "command": "python " + " ".join(sys.argv),
-            "device": _device_name(torch.device(args.device)),
-            "torch": torch.__version__,
-            "config": {k: v for k, v in vars(args).items() if k != "out"},
-            "rows": rows,
-            "bandwidth": bandwidth,
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=1) + "\n")
-
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    write_record(args.out, torch.device(args.device), config=config, rows=rows, bandwidth=bandwidth)
 
 if __name__ == "__main__":
     main()

@@ -283,7 +283,8 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any]:
                     logger.log(position.step, metrics)
                     progress.set_postfix(loss=f"{metrics['train_loss']:.3f}")
                     window_start, window_samples, window_steps = time.perf_counter(), 0, 0
-                if cfg.trainer.eval_every and position.step % cfg.trainer.eval_every == 0:
+                periodic_eval = cfg.trainer.eval_every and position.step % cfg.trainer.eval_every == 0
+                if periodic_eval and position.step < total_steps:  # the last step is evaluated in full below
                     _log_eval(model, data, cfg, dist, logger, position.step, "valid", cfg.trainer.eval_batches)
                 if position.step % cfg.trainer.checkpoint_every == 0 or stop_requested:
                     save()

@@ -1,6 +1,6 @@
-"""Every experiment (a model row of Tables 2, 3, 4, 7, 8) builds the paper's model from its config
-with ``hydra.utils.instantiate`` (no data files, no network), and a shrunken copy of it trains
-(forward + backward) on CPU."""
+"""Every experiment (a model row of Tables 2-12 or of the §5.3 and §8 text) builds the paper's
+model from its config with ``hydra.utils.instantiate`` (no data files, no network), and a
+shrunken copy of it trains (forward + backward) on CPU."""
 
 from __future__ import annotations
 
@@ -48,6 +48,23 @@ DECODER_ROWS: dict[str, tuple[type, int, int, dict[str, Any]]] = {
     "enwik8_aft_local32_l12_d512": (AFTLocal, 12, 512, {"window": 32, "position_bias.u.shape": (1024, 256)}),
     "enwik8_aft_local32_l24_d256": (AFTLocal, 24, 256, {"window": 32, "position_bias.u.shape": (1024, 256)}),
     "enwik8_aft_simple_l24_d256": (AFTSimple, 24, 256, {}),
+    # Table 5: the local window s of AFT-local-32 L=24 d=256 (s = 0 is the AFT-simple row above)
+    "enwik8_aft_local1_l24_d256": (AFTLocal, 24, 256, {"window": 1, "position_bias.u.shape": (1024, 256)}),
+    "enwik8_aft_local2_l24_d256": (AFTLocal, 24, 256, {"window": 2, "position_bias.u.shape": (1024, 256)}),
+    "enwik8_aft_local4_l24_d256": (AFTLocal, 24, 256, {"window": 4, "position_bias.u.shape": (1024, 256)}),
+    "enwik8_aft_local8_l24_d256": (AFTLocal, 24, 256, {"window": 8, "position_bias.u.shape": (1024, 256)}),
+    "enwik8_aft_local64_l24_d256": (AFTLocal, 24, 256, {"window": 64, "position_bias.u.shape": (1024, 256)}),
+    "enwik8_aft_local128_l24_d256": (AFTLocal, 24, 256, {"window": 128, "position_bias.u.shape": (1024, 256)}),
+    "enwik8_aft_local256_l24_d256": (AFTLocal, 24, 256, {"window": 256, "position_bias.u.shape": (1024, 256)}),
+    "enwik8_aft_local512_l24_d256": (AFTLocal, 24, 256, {"window": 512, "position_bias.u.shape": (1024, 256)}),
+    "enwik8_aft_local1024_l24_d256": (AFTLocal, 24, 256, {"window": 1024, "position_bias.u.shape": (1024, 256)}),
+    # Table 6: longer sequences
+    "enwik8_aft_local32_l24_d256_t2048": (
+        AFTLocal, 24, 256, {"window": 32, "seq_len": 2048, "position_bias.u.shape": (2048, 256)}
+    ),
+    "enwik8_aft_local32_l24_d256_t4096": (
+        AFTLocal, 24, 256, {"window": 32, "seq_len": 4096, "position_bias.u.shape": (4096, 256)}
+    ),
     # not a paper row: the README's main job on the embedded text (the root config's default)
     "embedded_text_aft_local": (AFTLocal, 4, 128, {"window": 32, "causal": True}),
 }
@@ -64,6 +81,27 @@ VIT_ROWS: dict[str, tuple[type, int, bool, dict[str, Any]]] = {
     "imagenet_aft_conv_small_k15_h384": (AFTConv2d, 384, False, {"kernel_size": 15, "heads": 384}),
     "imagenet_aft_conv_base_k25_h32_ft384": (AFTConv2d, 768, False, {"kernel_size": 25, "heads": 32}),
     "imagenet_aft_conv_base_k25_h32_rand384": (AFTConv2d, 768, False, {"kernel_size": 25, "heads": 32}),
+    # Table 9 "Non Factorized"
+    "imagenet_aft_full_small_dense": (AFTFull, 384, True, {"seq_len": 197, "position_bias.w.shape": (197, 197)}),
+    # Table 11: kernel sizes; Table 10 "Naive param"; §5.3 global connectivity
+    "imagenet_aft_conv_small_k3_h384": (AFTConv2d, 384, False, {"kernel_size": 3, "heads": 384}),
+    "imagenet_aft_conv_small_k7_h384": (AFTConv2d, 384, False, {"kernel_size": 7, "heads": 384}),
+    "imagenet_aft_conv_small_k25_h384": (AFTConv2d, 384, False, {"kernel_size": 25, "heads": 384}),
+    "imagenet_aft_conv_small_k27_h384": (AFTConv2d, 384, False, {"kernel_size": 27, "heads": 384}),
+    "imagenet_aft_conv_small_k7_h384_naive": (AFTConv2d, 384, False, {"kernel_size": 7, "position_bias.gain": None}),
+    "imagenet_aft_conv_small_k7_h384_local_only": (
+        AFTConv2d, 384, False, {"kernel_size": 7, "heads": 384, "global_connectivity": False}
+    ),
+    # Table 12 "w/o q"
+    "imagenet_aft_conv_small_k11_h384_noq": (AFTConv2d, 384, False, {"kernel_size": 11, "heads": 384, "to_q": None}),
+    "imagenet_aft_conv_small_k15_h384_noq": (AFTConv2d, 384, False, {"kernel_size": 15, "heads": 384, "to_q": None}),
+    # §8: the model of the sparsity run is the default one (the regularizer is a trainer option)
+    "imagenet_aft_conv_small_k11_h384_sparsity": (AFTConv2d, 384, False, {"kernel_size": 11, "heads": 384}),
+    "imagenet_aft_conv_small_k11_h384_gumbel": (
+        AFTConv2d, 384, False, {"kernel_size": 11, "heads": 384, "position_bias.gumbel_tau": 0.5}
+    ),
+    # §5.3 "Variable size inputs": the Table 7 kernel-15 model, evaluated on 384 crops
+    "imagenet_aft_conv_small_k15_h384_eval384": (AFTConv2d, 384, False, {"kernel_size": 15, "heads": 384}),
 }
 # experiment -> (timm model class, number of blocks or stages)
 TIMM_ROWS: dict[str, tuple[type, int]] = {
@@ -102,8 +140,9 @@ def test_root_config_builds_the_default_causal_decoder() -> None:
 def test_finetuning_row_initializes_from_deit() -> None:
     """Table 8 "ft" differs from "rand" only by its DeiT initialization, run by the training loop."""
     ft, rand = (compose_experiment(f"imagenet_aft_conv_base_k25_h32_{kind}384") for kind in ("ft", "rand"))
-    assert ft.model == rand.model and "model_init" not in rand
-    assert instantiate(ft.model_init).keywords == {"deit_name": "deit_base_patch16_384"}
+    assert ft.model == rand.model and ft.trainer == rand.trainer and ft.optim == rand.optim
+    assert "model_init" not in rand
+    assert set(instantiate(ft.model_init).keywords) == {"weights"}
 
 
 @pytest.mark.parametrize("name", sorted(DECODER_ROWS))
@@ -113,7 +152,7 @@ def test_decoder_experiment_builds_the_paper_model(name: str) -> None:
     assert isinstance(model, Decoder) and len(model.blocks) == depth
     assert model.token_embedding.embedding_dim == dim and model.head.out_features == 256
     cifar10 = name.startswith("cifar10")
-    paper_length = 3072 if cifar10 else 1024  # §5.1: 32 x 32 x 3; §5.2: T = 1024
+    paper_length = attributes.get("seq_len", 3072 if cifar10 else 1024)  # §5.1: 32 x 32 x 3; §5.2: T = 1024
     assert model.seq_len == (128 if name.startswith("embedded") else paper_length)
     assert model.token_embedding.num_embeddings == (257 if cifar10 else 256)  # + BOS on CIFAR10
     assert model.blocks[0].mlp.fc1.out_features == 4 * dim  # §5.1, §5.2: feed-forward 4d

@@ -1,0 +1,78 @@
+"""Measurement helpers shared by the benchmark scripts (imported as ``benchlib``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(run: Callable[[], object], repeats: int, device: torch.device, warmup: int = 0) -> float:
+    """Median wall-clock seconds of ``run()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+
+    def once() -> float:
+        sync(device)
+        start = time.perf_counter()
+        run()
+        sync(device)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        run()
+    return statistics.median(once() for _ in range(repeats))
+
+
+def saved_bytes(forward: Callable[[], object]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while running ``forward()``.
+
+    Each storage counts once, however many tensors view it.
+    """
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    del out
+    return sum(storages.values())
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
+    """``--repeats``, ``--device`` (CUDA when there is one) and ``--out`` (the JSON record)."""
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed repetitions (the median is reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, help="write the JSON record here (results/bench/...)")
+
+
+def write_record(path: Path | None, device: torch.device, **fields: Any) -> None:
+    """Write ``fields`` with the command, the device and the torch version as JSON to ``path``."""
+    if path is None:
+        return
+    record = {"command": "python " + " ".join(sys.argv), "device": device_name(device), "torch": torch.__version__}
+    record.update(fields)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")

@@ -1,0 +1,64 @@
+"""The benchmark scripts run end to end on the CPU at tiny sizes and write their JSON records.
+
+These check that the scripts work and record what they measured (command, device, rows), not
+the numbers: timings are never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.scripts.scripts import SCRIPTS, load_script
+
+ROOT = SCRIPTS.parent
+
+
+def run_script(name: str, out: Path, *args: str) -> dict:
+    command = [sys.executable, str(SCRIPTS / name), "--device", "cpu", "--repeats", "1", "--out", str(out), *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert record["command"].startswith(f"python {SCRIPTS / name}") and "CPU" in record["device"]
+    return record
+
+
+def test_bench_ops_records_every_operator_at_every_length(tmp_path: Path) -> None:
+    record = run_script(
+        "bench_ops.py", tmp_path / "ops.json", "--batch", "1", "--dim", "16", "--heads", "2", "--bias-dim", "4",
+        "--lengths", "32", "64",
+    )
+    ops = {row["op"] for row in record["rows"]}
+    assert {"aft_simple", "aft_local_w32", "aft_conv1d_k32_h8", "aft_full", "attention_sdpa_h8"} <= ops
+    assert all(row["saved_bytes"] > 0 and row["seconds"] > 0 for row in record["rows"])
+    assert record["bandwidth"] is None  # copy bandwidth is a CUDA measurement
+
+
+def test_bench_decode_times_recurrent_and_recomputed_sampling(tmp_path: Path) -> None:
+    record = run_script(
+        "bench_decode.py", tmp_path / "decode.json", "--tokens", "24", "--depth", "1", "--dim", "16",
+        "--window", "4", "--bias-dim", "4", "--probes", "3",
+    )
+    rows = {row["mixer"]: row for row in record["rows"]}
+    assert set(rows) == {"aft_simple", "aft_local_w4"}
+    # the recurrent state: O(D) per layer for AFT-simple, the last `window` keys and values for AFT-local
+    assert rows["aft_simple"]["recurrent_state_bytes"] < rows["aft_local_w4"]["recurrent_state_bytes"]
+    assert rows["aft_simple"]["recompute_probe_lengths"] == [1, 12, 24]
+
+
+def test_bench_model_measures_every_mixer_of_a_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper shapes are too large for a test: run the same code on a shrunken one."""
+    bench = load_script("bench_model.py")
+    monkeypatch.setattr(bench, "SHAPES", {"enwik8": {"seq_len": 16, "window": 4, "bias_dim": 4, "heads": 2}})
+    monkeypatch.setattr(bench, "DEPTH", 1)
+    monkeypatch.setattr(bench, "DIM", 16)
+    rows = bench.run(argparse.Namespace(batch=1, repeats=1, sweep=[16, 32]), bench.torch.device("cpu"))
+    measured = [row for row in rows if "skipped" not in row]
+    assert {row["mixer"] for row in measured} >= {"transformer", "aft_local", "aft_simple"}
+    assert all(row["memory_kind"] == "saved_for_backward" and row["memory_bytes"] > 0 for row in measured)
+    assert "enwik8   aft_local" in bench.summarize(rows)
