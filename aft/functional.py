@@ -47,6 +47,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from aft import kernels
@@ -109,11 +110,7 @@ def aft_simple(q: Tensor | None, k: Tensor, v: Tensor, causal: bool = False) -> 
     with _float32_core(k) as cast:
         k32, v32 = cast(k), cast(v)
         if causal:
-            log_z = torch.logcumsumexp(k32, dim=1)
-            avg = sum(
-                sign * torch.exp(torch.logcumsumexp(k32 + log_part, dim=1) - log_z)
-                for sign, log_part in _signed_log_parts(v32)
-            )
+            avg = _CausalSimpleAverage.apply(k32, v32)
         else:
             avg = (torch.softmax(k32, dim=1) * v32).sum(dim=1, keepdim=True)
             avg = avg.expand_as(v32)
@@ -315,6 +312,53 @@ def _check_heads(k: Tensor, v: Tensor, w: Tensor, ndim: int) -> tuple[int, int]:
     if D % H:
         raise ValueError(f"heads H={H} must divide the value dim D={D}")
     return H, w.shape[1]
+
+
+class _CausalSimpleAverage(torch.autograd.Function):
+    """Causal AFT-simple average, ``avg[t] = sum_{t' <= t} exp(k[t'] - lse[t]) v[t']``, ``(B, T, D)``.
+
+    ``lse = logcumsumexp(k)`` over time. Saves ``k``, ``v``, ``lse`` and ``avg`` (four
+    ``(B, T, D)`` tensors) instead of autograd's graph of the scans. With
+    ``p[t, t'] = exp(k[t'] - lse[t])`` (``t' <= t``) and ``G = dL/davg``::
+
+        dv[t'] = exp(k[t']) sum_{t >= t'} exp(-lse[t]) G[t]
+        dk[t'] = v[t'] dv[t'] - exp(k[t']) sum_{t >= t'} exp(-lse[t]) G[t] avg[t]
+
+    Every sum is taken in log space per sign (:func:`_abs_log_parts`): each exponent
+    ``k[t'] - lse[t]`` is ``<= 0``, so nothing overflows or underflows to 0/0.
+    """
+
+    @staticmethod
+    def forward(ctx, k: Tensor, v: Tensor) -> Tensor:  # noqa: D102
+        lse = torch.logcumsumexp(k, dim=1)
+        avg = _signed_scan(v, lambda log_part: torch.logcumsumexp(k + log_part, dim=1) - lse)
+        ctx.save_for_backward(k, v, lse, avg)
+        return avg
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102
+        k, v, lse, avg = ctx.saved_tensors
+
+        def reverse_sum(x: Tensor) -> Tensor:
+            """``exp(k[t']) sum_{t >= t'} exp(-lse[t]) x[t]``."""
+            return _signed_scan(x, lambda log_part: k + torch.logcumsumexp((log_part - lse).flip(1), dim=1).flip(1))
+
+        dv = reverse_sum(grad)
+        return v * dv - reverse_sum(grad * avg), dv
+
+
+def _signed_scan(x: Tensor, log_sum: Callable[[Tensor], Tensor]) -> Tensor:
+    """``sum_sign sign * exp(log_sum(log |x_sign|))``: a linear map of ``x`` computed in log space."""
+    return sum(sign * torch.exp(log_sum(log_part)) for sign, log_part in _abs_log_parts(x))
+
+
+def _abs_log_parts(x: Tensor) -> tuple[tuple[float, Tensor], tuple[float, Tensor]]:
+    """``x = relu(x) - relu(-x)`` as ``((+1, log relu(x)), (-1, log relu(-x)))``, ``-inf`` at zeros.
+
+    Exact at any scale, but ``log`` has no useful gradient at 0: for use without autograd.
+    """
+    return (1.0, torch.log(x.clamp(min=0))), (-1.0, torch.log((-x).clamp(min=0)))
 
 
 def _signed_log_parts(v: Tensor) -> tuple[tuple[float, Tensor], tuple[float, Tensor]]:

@@ -61,9 +61,10 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
-    """``--repeats``, ``--device`` (CUDA when there is one) and ``--out`` (the JSON record)."""
-    parser.add_argument("--repeats", type=int, default=repeats, help="timed repetitions (the median is reported)")
+def add_common_arguments(parser: argparse.ArgumentParser, repeats: int | None) -> None:
+    """``--repeats`` (unless ``None``), ``--device`` (CUDA when there is one) and ``--out`` (the JSON record)."""
+    if repeats is not None:
+        parser.add_argument("--repeats", type=int, default=repeats, help="timed repetitions (the median is reported)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="write the JSON record here (results/bench/...)")
 

@@ -244,6 +244,35 @@ def test_no_quadratic_tensor_saved_for_backward() -> None:
         assert large <= 8.5 * small, (small, large)
 
 
+def test_causal_simple_saves_only_its_inputs_output_and_normalizer() -> None:
+    """The PyTorch path of causal AFT-simple keeps k, v, logcumsumexp(k), the average and, for the
+    gate, sigmoid(q): five (B, T, D) tensors, as many as the fused kernels plus the gate's."""
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    q, k, v = (torch.randn(1, 256, 16, requires_grad=True) for _ in range(3))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = AF.aft_simple(q, k, v, causal=True)
+    assert out.grad_fn is not None
+    assert sum(saved.values()) <= 5 * q.numel() * q.element_size()
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_causal_simple_gradients_match_float64(scale: float) -> None:
+    """float32 gradients of the causal scan (its own backward) against the float64 reference."""
+    q, k, v = (t.requires_grad_() for t in _inputs(scale=scale))
+    grad = torch.randn(B, T, D, generator=torch.Generator().manual_seed(3))
+    got = torch.autograd.grad(AF.aft_simple(q, k, v, causal=True), (q, k, v), grad)
+    inputs64 = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = reference_aft(*inputs64, torch.zeros(1, T, T, dtype=torch.float64), True)
+    want = torch.autograd.grad(ref, inputs64, grad.double())
+    for g, w in zip(got, want, strict=True):  # float32 rounding of k moves exp(k) by |k| * 6e-8
+        assert (g.double() - w).abs().max() <= 2e-5 * (1 + scale) * w.abs().max()
+
+
 def test_bad_shapes_raise() -> None:
     q, k, v = _inputs()
     with pytest.raises(ValueError, match="w must have shape"):

@@ -62,3 +62,20 @@ def test_bench_model_measures_every_mixer_of_a_shape(monkeypatch: pytest.MonkeyP
     assert {row["mixer"] for row in measured} >= {"transformer", "aft_local", "aft_simple"}
     assert all(row["memory_kind"] == "saved_for_backward" and row["memory_bytes"] > 0 for row in measured)
     assert "enwik8   aft_local" in bench.summarize(rows)
+
+
+def test_profile_model_splits_a_step_by_op(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    bench = load_script("bench_model.py")
+    monkeypatch.setitem(sys.modules, "bench_model", bench)  # profile_model imports it by name
+    monkeypatch.setitem(bench.SHAPES, "enwik8", {"seq_len": 16, "window": 4, "bias_dim": 4, "heads": 2})
+    profiler = load_script("profile_model.py")
+    monkeypatch.setattr(profiler, "DEPTH", 1)
+    monkeypatch.setattr(profiler, "DIM", 16)
+    out = tmp_path / "profile.json"
+    monkeypatch.setattr(sys, "argv", ["profile_model.py", "--device", "cpu", "--batch", "1", "--top", "3", "--out", str(out)])
+    profiler.main()
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["mixer"] for row in rows] == ["transformer", "aft_local", "aft_simple"]
+    for row in rows:
+        assert row["host_ms"] > 0 and row["cpu_ms"] > 0 and len(row["top_ops"]) == 3
+        assert sum(op["share"] for op in row["top_ops"]) <= 1.0 + 1e-9
