@@ -31,7 +31,7 @@ import sys
 import torch
 from torch import nn
 
-from benchlib import add_common_arguments, median_seconds, saved_bytes, write_record
+from benchlib import add_common_arguments, attempt, median_seconds, saved_bytes, write_record
 
 from aft.layers import AFTFull, AFTLocal, AFTSimple
 
@@ -83,14 +83,13 @@ def memory(layer: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[int
 
 def measure(layer: nn.Module, B: int, T: int, D: int, repeats: int, device: torch.device) -> dict:
     x = torch.randn(B, T, D, device=device, requires_grad=True)
-    try:
+
+    def run() -> dict:
         seconds = step_time(layer, x, repeats, device)
         nbytes, kind = memory(layer, x, device)
-    except torch.OutOfMemoryError:
-        return {"skipped": "out of memory"}
-    except RuntimeError as error:  # aft-pytorch's AFTLocal builds its bias on the CPU whatever the device
-        return {"skipped": f"error: {str(error).splitlines()[0]}"}
-    return {"fwd_bwd_seconds": seconds, "memory_bytes": nbytes, "memory_kind": kind}
+        return {"fwd_bwd_seconds": seconds, "memory_bytes": nbytes, "memory_kind": kind}
+
+    return attempt(run)
 
 
 def local_bias_trains(T: int, D: int, window: int) -> bool:
@@ -140,10 +139,11 @@ def main() -> None:
             rows.append(row)
 
     T = args.check_length
+    theirs_full, ours_full = pair("full", T, D, 1, device)
     defects = {
         "aft_pytorch_local_bias_gets_gradient": local_bias_trains(T, D, args.window),
-        "aft_pytorch_full_finite_at_key_100": overflow_is_finite(pair("full", T, D, 1, device)[0], T, D, 100.0, device),
-        "ours_full_finite_at_key_100": overflow_is_finite(pair("full", T, D, 1, device)[1], T, D, 100.0, device),
+        "aft_pytorch_full_finite_at_key_100": overflow_is_finite(theirs_full, T, D, 100.0, device),
+        "ours_full_finite_at_key_100": overflow_is_finite(ours_full, T, D, 100.0, device),
     }
     print(json.dumps(defects))
     print("\nours vs aft-pytorch (same device, same T): speed = their time / ours, memory = ours / theirs")

@@ -127,5 +127,6 @@ def main() -> None:
     config = {k: v for k, v in vars(args).items() if k not in ("out", "device")}
     write_record(args.out, device, config=config, rows=rows)
 
+
 if __name__ == "__main__":
     main()

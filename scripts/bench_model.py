@@ -31,7 +31,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from benchlib import add_common_arguments, median_seconds, saved_bytes, write_record
+from benchlib import add_common_arguments, attempt, median_seconds, saved_bytes, write_record
 
 from aft.baselines import MultiHeadAttention
 from aft.layers import AFTLocal, AFTSimple
@@ -134,11 +134,7 @@ def _run_one(case: Case, repeats: int, device: torch.device, graph: bool) -> dic
     model = Decoder(case.factory, vocab_size=256, seq_len=case.seq_len, depth=case.depth, dim=DIM).to(device)
     tokens = torch.randint(0, 256, (case.batch, case.seq_len + 1), device=device)
     try:
-        return measure(model, tokens, repeats, device, graph)
-    except torch.OutOfMemoryError:
-        return {"skipped": "out of memory"}
-    except RuntimeError as error:  # aft-pytorch's AFTLocal builds its bias on the CPU: it cannot run on a GPU
-        return {"skipped": f"error: {str(error).splitlines()[0]}"}
+        return attempt(lambda: measure(model, tokens, repeats, device, graph))
     finally:
         del model
         gc.collect()  # the step closures and a CUDA graph hold the model in reference cycles
@@ -177,14 +173,14 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
 
     The graphs run in a second pass so that their memory pools never count in a memory reading.
     """
-    rows = []
-    for case in cases(args):
+    rows, measured = [], cases(args)
+    for case in measured:
         row = {"shape": case.shape, "mixer": case.mixer, "T": case.seq_len, "depth": case.depth, "batch": case.batch}
         row.update(_run_one(case, args.repeats, device, graph=False))
         print(json.dumps(row), flush=True)
         rows.append(row)
     if device.type == "cuda":
-        for case, row in zip(cases(args), rows, strict=True):
+        for case, row in zip(measured, rows, strict=True):
             if "skipped" not in row:
                 row.update(_run_one(case, args.repeats, device, graph=True))
                 print(json.dumps(row), flush=True)

@@ -36,6 +36,20 @@ def median_seconds(run: Callable[[], object], repeats: int, device: torch.device
     return statistics.median(once() for _ in range(repeats))
 
 
+def attempt(measure: Callable[[], dict]) -> dict:
+    """``measure()``, or ``{"skipped": why}`` when it runs out of memory or fails to run.
+
+    A failure is recorded rather than raised, so one broken row (``aft-pytorch``'s AFTLocal
+    builds its bias on the CPU and cannot run on a GPU) does not end the benchmark.
+    """
+    try:
+        return measure()
+    except torch.OutOfMemoryError:
+        return {"skipped": "out of memory"}
+    except RuntimeError as error:
+        return {"skipped": f"error: {str(error).splitlines()[0]}"}
+
+
 def saved_bytes(forward: Callable[[], object]) -> int:
     """Bytes of the distinct storages autograd saves for backward while running ``forward()``.
 

@@ -404,11 +404,11 @@ def _summaries(
     feeds: tuple[Tensor, ...], D: int, HK: int, band: Band, launch: _Launch, gated: bool, backward: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(main_chunks, other_tiles, other_chunks)`` for a sweep (see ``_summary_kernel``);
-    an unused one is an empty placeholder."""
+    one the sweep does not need is :func:`_unused`."""
     v = feeds[2]
     B, T = v.shape[:2]
-    placeholder = v.new_empty(1, dtype=torch.float32)
-    main_chunks = other_tiles = other_chunks = placeholder
+    unused = _unused(v)
+    main_chunks = other_tiles = other_chunks = unused
     if not band.global_connectivity:
         return main_chunks, other_tiles, other_chunks
     main_shift, other_shift = _shifts(band, backward)
@@ -426,11 +426,17 @@ def _summaries(
 
     if launch.n_chunks > 1:
         main_chunks = states(launch.n_chunks)
-        summarize(placeholder, main_chunks, main_shift, backward, False)
+        summarize(unused, main_chunks, main_shift, backward, False)
     if not band.causal:
         other_tiles, other_chunks = states(launch.n_tiles), states(launch.n_chunks)
         summarize(other_tiles, other_chunks, other_shift, not backward, True)
     return main_chunks, other_tiles, other_chunks
+
+
+def _unused(v: Tensor) -> Tensor:
+    """A 1-element float32 buffer for a kernel pointer argument that a launch never touches
+    (Triton takes a tensor for every pointer; ``constexpr`` flags switch its use off)."""
+    return v.new_empty(1, dtype=torch.float32)
 
 
 def _device(t: Tensor) -> contextlib.AbstractContextManager:
@@ -440,11 +446,11 @@ def _device(t: Tensor) -> contextlib.AbstractContextManager:
 def _forward(
     q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, band: Band, launch: _Launch, store_lse: bool
 ) -> tuple[Tensor, Tensor]:
-    """``(out, lse)``; ``lse`` is a placeholder unless ``store_lse``."""
+    """``(out, lse)``; ``lse`` is :func:`_unused` unless ``store_lse``."""
     B, T, D = v.shape
     HK = k.shape[-1]
     out = torch.empty_like(v)
-    lse = v.new_empty((B, T, D) if store_lse else (1,), dtype=torch.float32)
+    lse = v.new_empty(B, T, D, dtype=torch.float32) if store_lse else _unused(v)
     gate = v if q is None else q
     feeds = (gate, k, v, out, lse, out)
     summaries = _summaries(feeds, D, HK, band, launch, q is not None, backward=False)
@@ -465,11 +471,10 @@ def _backward(
     B, T, D = v.shape
     HK = k.shape[-1]
     gate = v if q is None else q
-    placeholder = v.new_empty(1, dtype=torch.float32)
-    dq = placeholder if q is None else torch.empty_like(q)
+    dq = _unused(v) if q is None else torch.empty_like(q)
     dk = torch.empty_like(k) if HK == D else torch.empty(B, T, D, dtype=torch.float32, device=k.device)
     dv = torch.empty_like(v)
-    dbias = placeholder
+    dbias = _unused(v)
     if bias_grad:  # per channel when per head, summed over each head's channels below
         dbias = torch.zeros(D if band.per_head else T, band.width, dtype=torch.float32, device=v.device)
     feeds = (gate, k, v, out, lse, dout)
