@@ -16,7 +16,7 @@ Variants and how they are computed (memory for autograd in brackets):
   [O(T d)].
 * :func:`aft_local`   Eq. 4. Positive terms only: log-space prefix (and suffix) sums over
   the positions outside the window plus a banded ``exp(k + w)`` sum inside it, computed
-  block by block with matrix products [O(T s d)].
+  block by block with matrix products, with its own backward [O(T d + T s)].
 * :func:`aft_conv1d`  Eq. 6 with a Toeplitz bias per head; the same banded machinery.
 * :func:`aft_conv2d`  Eq. 6 on a 2-d grid: a depthwise ``conv2d`` inside the kernel plus
   global sums over the rows above/below and the columns left/right of it [O(Y X d)].
@@ -29,10 +29,11 @@ biases both of magnitude ~1e2 can do it) the call is recomputed by :func:`_exact
 a row-chunked log-sum-exp that is exact for any scale and saves no T x T x d tensor.
 Under autocast the core runs in float32 and the result is cast back to ``v``'s dtype.
 
-Triton. :func:`aft_simple`, :func:`aft_local` and :func:`aft_conv1d` run the Triton
-kernels of :mod:`aft.kernels` (forward and backward, O(T d) memory, exact for any scale)
-whenever :func:`aft.kernels.supports` their tensors: CUDA tensors of a float16, bfloat16 or
-float32 dtype (CPU tensors under ``TRITON_INTERPRET=1``); otherwise the PyTorch code below.
+Triton. :func:`aft_simple`, :func:`aft_local`, :func:`aft_conv1d` and :func:`aft_conv2d`
+run the Triton kernels of :mod:`aft.kernels` (forward and backward, O(T d) memory, exact for
+any scale) whenever :func:`aft.kernels.supports` their tensors: CUDA tensors of a float16,
+bfloat16 or float32 dtype (CPU tensors under ``TRITON_INTERPRET=1``); otherwise the PyTorch
+code below.
 
 The ``exp(w) - 1`` form of Eq. 6 is never used: it subtracts when ``w < 0`` and loses
 precision; AFT-local and AFT-conv sum ``exp(k)`` outside the window and ``exp(k + w)``
@@ -231,6 +232,8 @@ def aft_conv2d(
     if S % 2 == 0:
         raise ValueError(f"aft_conv2d needs an odd kernel size, got S={S}")
     B, Y, X, D = v.shape
+    if X <= kernels.MAX_GRID_COLUMNS and _kernels_take(q, v, k, w):
+        return kernels.aft_conv2d(q, k, v, w, global_connectivity)
     with _float32_core(k) as cast:
         k32, v32, w32 = cast(k), cast(v), cast(w)
         avg = _conv2d_sums(k32, v32, w32, global_connectivity)
@@ -339,13 +342,8 @@ class _CausalSimpleAverage(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102
         k, v, lse, avg = ctx.saved_tensors
-
-        def reverse_sum(x: Tensor) -> Tensor:
-            """``exp(k[t']) sum_{t >= t'} exp(-lse[t]) x[t]``."""
-            return _signed_scan(x, lambda log_part: k + torch.logcumsumexp((log_part - lse).flip(1), dim=1).flip(1))
-
-        dv = reverse_sum(grad)
-        return v * dv - reverse_sum(grad * avg), dv
+        dv = _query_sums(grad, k, lse, 0, causal=True)
+        return v * dv - _query_sums(grad * avg, k, lse, 0, causal=True), dv
 
 
 def _signed_scan(x: Tensor, log_sum: Callable[[Tensor], Tensor]) -> Tensor:
@@ -359,21 +357,6 @@ def _abs_log_parts(x: Tensor) -> tuple[tuple[float, Tensor], tuple[float, Tensor
     Exact at any scale, but ``log`` has no useful gradient at 0: for use without autograd.
     """
     return (1.0, torch.log(x.clamp(min=0))), (-1.0, torch.log((-x).clamp(min=0)))
-
-
-def _signed_log_parts(v: Tensor) -> tuple[tuple[float, Tensor], tuple[float, Tensor]]:
-    """``v = softplus(v) - softplus(-v)`` as ``((+1, log softplus(v)), (-1, log softplus(-v)))``.
-
-    Both parts are positive and smooth, so numerators ``sum exp(k) v`` can be summed in
-    log space (``logcumsumexp``) per part; every value is split on its own, so a causal
-    sum never depends on later positions.
-    """
-    return (1.0, _log_softplus(v)), (-1.0, _log_softplus(-v))
-
-
-def _log_softplus(x: Tensor) -> Tensor:
-    """``log(softplus(x))``, equal to ``x`` (to float precision) where ``softplus`` underflows."""
-    return torch.where(x < -30.0, x, torch.log(F.softplus(x.clamp(min=-30.0))))
 
 
 def _full_matmul(k: Tensor, v: Tensor, w: Tensor, causal: bool) -> Tensor | None:
@@ -403,19 +386,12 @@ def _full_matmul(k: Tensor, v: Tensor, w: Tensor, causal: bool) -> Tensor | None
 
 
 # ---------------------------------------------------------------- banded (local, conv1d)
-
-
-class _BandBlocks:
-    """Bias of one row block's band, ``(Hb, n_blocks or 1, C, Wd)``, and the block size.
-
-    Row ``i`` of block ``n`` is position ``t = n C + i``; column ``j`` is key
-    ``t' = n C + j - (window - 1)``. Entries outside the band or with ``t'`` outside
-    ``[0, T)`` are ``-inf``.
-    """
-
-    def __init__(self, bias: Tensor, block: int) -> None:
-        self.bias = bias
-        self.block = block
+#
+# A band bias is stored in row blocks, ``(Hb, n_blocks or 1, C, Wd)`` with ``Hb`` = 1 (one
+# bias for all channels, AFT-local) or ``Hk`` (one per key head, AFT-conv1d; the same
+# Toeplitz block for every row block). Row ``i`` of block ``n`` is position ``t = n C + i``;
+# column ``j`` is key ``t' = n C + j - (window - 1)``. Entries outside the band or with
+# ``t'`` outside ``[0, T)`` are ``-inf``.
 
 
 def _block_size(window: int) -> int:
@@ -441,9 +417,7 @@ def _in_band(offsets: Tensor, window: int, causal: bool) -> Tensor:
     return (offsets <= 0) & (offsets > -window) if causal else offsets.abs() < window
 
 
-def _local_band_blocks(
-    bias: Tensor | FactorizedBias, T: int, window: int, causal: bool
-) -> _BandBlocks:
+def _local_band_blocks(bias: Tensor | FactorizedBias, T: int, window: int, causal: bool) -> Tensor:
     """AFT-local band bias ``(1, n, C, Wd)`` from a dense or factorized ``w``."""
     C, n, width = _band_geometry(T, window, causal)
     device = bias[0].device if isinstance(bias, tuple) else bias.device
@@ -460,77 +434,211 @@ def _local_band_blocks(
         values = u_blocks @ v_blocks.transpose(1, 2)
     else:
         values = bias[rows.clamp(max=T - 1), cols.clamp(0, T - 1)]
-    return _BandBlocks(values.masked_fill(~valid, -math.inf).unsqueeze(0), C)
+    return values.masked_fill(~valid, -math.inf).unsqueeze(0)
 
 
-def _conv1d_band_blocks(w: Tensor, window: int, causal: bool) -> _BandBlocks:
+def _conv1d_band_blocks(w: Tensor, window: int, causal: bool) -> Tensor:
     """AFT-conv1d band bias ``(H, 1, C, Wd)``: the same Toeplitz block for every block."""
     C, _, width = _band_geometry(1, window, causal)
     offsets = _band_offsets(C, width, window, w.device)
     index = (-offsets if causal else offsets + window - 1).clamp(0, w.shape[1] - 1)
     values = w[:, index]  # (H, C, Wd)
     values = values.masked_fill(~_in_band(offsets, window, causal), -math.inf)
-    return _BandBlocks(values.unsqueeze(1), C)
+    return values.unsqueeze(1)
 
 
 def _banded(
-    k: Tensor, v: Tensor, band: _BandBlocks, window: int, causal: bool, global_connectivity: bool
+    k: Tensor, v: Tensor, bias: Tensor, window: int, causal: bool, global_connectivity: bool
 ) -> Tensor | None:
     """Weighted average with a banded bias (AFT-local, AFT-conv1d); ``None`` if underflowed.
-
-    Inside the band: ``sum exp(k + w) v`` per row block as matrix products against the
-    block's keys. Outside it (bias 0): ``logcumsumexp`` prefix (and suffix) sums, exact for
-    any scale, of the two positive parts of ``v`` (:func:`_signed_log_parts`). Both are
-    merged per position against a common log-space reference.
 
     Args:
         k: ``(B, T, Hk)`` keys, ``Hk`` divides ``D``; channel ``c`` uses key ``c // (D // Hk)``.
         v: ``(B, T, D)``.
-        band: band bias with ``Hb`` = 1 (shared by all channels) or ``Hk`` heads.
+        bias: band bias blocks (see above), ``Hb`` = 1 or ``Hk``.
+
+    Returns:
+        ``(B, T, D)``, differentiable in ``k``, ``v`` and ``bias`` (:class:`_BandedAverage`).
+    """
+    try:
+        return _BandedAverage.apply(k, v, bias, window, causal, global_connectivity)
+    except _Underflow:
+        return None
+
+
+class _Underflow(Exception):
+    """A shifted denominator fell below ``_MIN_SHIFTED_DENOMINATOR``: recompute exactly."""
+
+
+class _BandedAverage(torch.autograd.Function):
+    """Weighted average with a banded bias, ``(B, T, D)``; raises :class:`_Underflow`.
+
+    Saves ``k``, ``v``, the band, the average and the per-head log-normalizer ``lse``
+    ``(B, T, Hk)``: no ``T x window x D`` tensor. With ``p[t, t'] = exp(k[t'] + w[t, t'] -
+    lse[t])`` and ``G = dL/davg``::
+
+        dv[t']    = sum_t p[t, t'] G[t]
+        dk[t']    = sum_(c in head) v[t'] dv[t'] - sum_t p[t, t'] G[t] avg[t]
+        dw[t, t'] = sum_c p[t, t'] G[t] (v[t'] - avg[t])     (band entries only)
+
+    Outside the band (bias 0) the sums over ``t`` are log-space scans
+    (:func:`_query_sums`); inside it, block matrix products of the same shifted
+    exponentials as the forward pass, times ``exp(shift[t] - lse[t])``. That factor is at
+    most ``1 / _MIN_SHIFTED_DENOMINATOR`` (the forward pass checked it), so nothing
+    overflows, and a product that underflows stands for ``p < 1e-13``.
+    """
+
+    @staticmethod
+    def forward(ctx, k: Tensor, v: Tensor, bias: Tensor, window: int, causal: bool, global_connectivity: bool) -> Tensor:  # noqa: D102
+        avg, lse = _banded_forward(k, v, bias, window, causal, global_connectivity)
+        ctx.save_for_backward(k, v, bias, avg, lse)
+        ctx.band = (window, causal, global_connectivity)
+        return avg
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
+        k, v, bias, avg, lse = ctx.saved_tensors
+        window, causal, global_connectivity = ctx.band
+        B, T, Hk = k.shape
+        D = v.shape[-1]
+        G = D // Hk
+        C, n, width = _band_geometry(T, window, causal)
+        weighted = grad * avg
+        if global_connectivity:
+            keys, lse_c = _per_channel(k, G), _per_channel(lse, G)
+            dv = _query_sums(grad, keys, lse_c, window, causal)
+            d_avg = _query_sums(weighted, keys, lse_c, window, causal)
+        else:
+            dv, d_avg = torch.zeros_like(v), torch.zeros_like(v)
+
+        ek, key_shift = _key_blocks(k, window, causal)  # (B, n, Hk, Wd), (B, n, Hk, 1)
+        ew, bias_shift = _shifted_exp(bias)
+        rows = lambda x, fill=0.0: F.pad(x, (0, 0, 0, n * C - T), value=fill).view(B, n, C, -1)  # noqa: E731
+        scale = _per_channel(torch.exp(_block_shift(bias_shift, key_shift) - rows(lse, -_NEG)), G)  # (B, n, C, D)
+        r_grad, r_avg = scale * rows(grad), scale * rows(weighted)
+        ek_c = _per_channel(ek, G, dim=2).transpose(-1, -2)  # (B, n, Wd, D)
+        ekv = ek_c * _value_blocks(v, window, causal).transpose(-1, -2)
+        if bias.shape[0] == 1:
+            e = ew[0].transpose(-1, -2)  # (n or 1, Wd, C)
+            s_grad, s_avg = e @ r_grad, e @ r_avg  # (B, n, Wd, D)
+            dbias = ew[0] * (r_grad @ ekv.transpose(-1, -2) - r_avg @ ek_c.transpose(-1, -2))
+            dbias = dbias.sum(0, keepdim=True)
+        else:
+            e = ew.expand(-1, n, -1, -1)
+            r_grad, r_avg = r_grad.view(B, n, C, Hk, G), r_avg.view(B, n, C, Hk, G)
+            s_grad = torch.einsum("hncw,bnchg->bnwhg", e, r_grad).reshape(B, n, width, D)
+            s_avg = torch.einsum("hncw,bnchg->bnwhg", e, r_avg).reshape(B, n, width, D)
+            dbias = e * (
+                torch.einsum("bnchg,bnwhg->hncw", r_grad, ekv.view(B, n, width, Hk, G))
+                - torch.einsum("bnch,bnhw->hncw", r_avg.sum(-1), ek)
+            )
+        if dbias.shape[1] != bias.shape[1]:
+            dbias = dbias.sum(1, keepdim=True)
+        dv = dv + _overlap_add(ek_c * s_grad, T, window)
+        d_avg = d_avg + _overlap_add(ek_c * s_avg, T, window)
+        dk = (v * dv - d_avg).view(B, T, Hk, G).sum(-1)
+        return dk, dv, dbias if ctx.needs_input_grad[2] else None, None, None, None
+
+
+def _banded_forward(
+    k: Tensor, v: Tensor, bias: Tensor, window: int, causal: bool, global_connectivity: bool
+) -> tuple[Tensor, Tensor]:
+    """``(avg (B, T, D), lse (B, T, Hk))`` of :func:`_banded`; raises :class:`_Underflow`.
+
+    Inside the band: ``sum exp(k + w) v`` per row block as matrix products against the
+    block's keys. Outside it (bias 0): ``logcumsumexp`` prefix (and suffix) sums, exact for
+    any scale, of the two signed parts of ``v`` (:func:`_signed_scan`). Both are merged per
+    position against a common log-space reference.
     """
     B, T, Hk = k.shape
     D = v.shape[-1]
     G = D // Hk
-    C = band.block
-    _, n, width = _band_geometry(T, window, causal)
-    if global_connectivity:
-        log_z_out = _outside_window_logsumexp(k, window, causal)
-        keys = _per_channel(k, G)
-        log_n_out = [(sign, _outside_window_logsumexp(keys + part, window, causal)) for sign, part in _signed_log_parts(v)]
-    else:
-        log_z_out = torch.full_like(k, _NEG)
-        log_n_out = []
-
-    pad = (window - 1, n * C - T + (0 if causal else window - 1))
-    k_blocks = F.pad(k, (0, 0, *pad), value=_NEG).unfold(1, width, C)  # (B, n, Hk, Wd)
-    v_blocks = F.pad(v, (0, 0, *pad)).unfold(1, width, C)  # (B, n, D, Wd)
-    key_shift = k_blocks.detach().amax(dim=-1, keepdim=True)  # (B, n, Hk, 1)
-    ek = torch.exp(k_blocks - key_shift)
-    bias = band.bias
-    bias_shift = bias.detach().amax(dim=-1, keepdim=True)
-    bias_shift = torch.where(torch.isfinite(bias_shift), bias_shift, torch.zeros_like(bias_shift))
-    ew = torch.exp(bias - bias_shift).expand(-1, n, -1, -1)  # (Hb, n, C, Wd)
-
+    C, n, width = _band_geometry(T, window, causal)
+    log_z_out = _outside_window_logsumexp(k, window, causal) if global_connectivity else torch.full_like(k, _NEG)
+    ek, key_shift = _key_blocks(k, window, causal)
+    ew, bias_shift = _shifted_exp(bias)
+    ekv = _per_channel(ek, G, dim=2) * _value_blocks(v, window, causal)  # (B, n, D, Wd)
     if bias.shape[0] == 1:
-        num = ew[0] @ (_per_channel(ek, G, dim=2) * v_blocks).transpose(-1, -2)  # (B, n, C, D)
+        num = ew[0] @ ekv.transpose(-1, -2)  # (B, n, C, D)
         den = ew[0] @ ek.transpose(-1, -2)  # (B, n, C, Hk)
-        shift = bias_shift[0] + key_shift.transpose(-1, -2)  # (B, n, C, Hk)
     else:
-        ekv = ek.unsqueeze(3) * v_blocks.reshape(B, n, Hk, G, width)
-        num = torch.einsum("hncw,bnhgw->bnchg", ew, ekv).reshape(B, n, C, D)
-        den = torch.einsum("hncw,bnhw->bnch", ew, ek)
-        shift = bias_shift.squeeze(-1).permute(1, 2, 0) + key_shift.squeeze(-1).unsqueeze(2)
-
+        e = ew.expand(-1, n, -1, -1)
+        num = torch.einsum("hncw,bnhgw->bnchg", e, ekv.view(B, n, Hk, G, width)).reshape(B, n, C, D)
+        den = torch.einsum("hncw,bnhw->bnch", e, ek)
+    shift = _block_shift(bias_shift, key_shift)
     num, den, shift = (x.reshape(B, n * C, -1)[:, :T] for x in (num, den, shift))
-    ref = torch.maximum(shift, log_z_out).detach()
+    ref = torch.maximum(shift, log_z_out)
     den = den * torch.exp(shift - ref) + torch.exp(log_z_out - ref)
     if not bool((den >= _MIN_SHIFTED_DENOMINATOR).all()):
-        return None
+        raise _Underflow
+    lse = torch.log(den) + ref
     shift, ref, den = (_per_channel(x, G) for x in (shift, ref, den))
     num = num * torch.exp(shift - ref)
-    for sign, log_part in log_n_out:
-        num = num + sign * torch.exp(log_part - ref)
-    return num / den
+    if global_connectivity:
+        keys = _per_channel(k, G)
+        num = num + _signed_scan(v, lambda log_part: _outside_window_logsumexp(keys + log_part, window, causal) - ref)
+    return num / den, lse
+
+
+def _key_blocks(k: Tensor, window: int, causal: bool) -> tuple[Tensor, Tensor]:
+    """Shifted ``exp`` of each row block's keys, ``(B, n, Hk, Wd)``, and the shifts ``(B, n, Hk, 1)``."""
+    T = k.shape[1]
+    C, n, width = _band_geometry(T, window, causal)
+    pad = (window - 1, n * C - T + (0 if causal else window - 1))
+    blocks = F.pad(k, (0, 0, *pad), value=_NEG).unfold(1, width, C)
+    shift = blocks.amax(dim=-1, keepdim=True)
+    return torch.exp(blocks - shift), shift
+
+
+def _value_blocks(v: Tensor, window: int, causal: bool) -> Tensor:
+    """Each row block's band of values, ``(B, n, D, Wd)`` (a view), 0 past the ends."""
+    T = v.shape[1]
+    C, n, width = _band_geometry(T, window, causal)
+    pad = (window - 1, n * C - T + (0 if causal else window - 1))
+    return F.pad(v, (0, 0, *pad)).unfold(1, width, C)
+
+
+def _shifted_exp(bias: Tensor) -> tuple[Tensor, Tensor]:
+    """``exp(bias - shift)`` with ``shift`` each row's largest entry (0 for a row of ``-inf``)."""
+    shift = bias.amax(dim=-1, keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    return torch.exp(bias - shift), shift
+
+
+def _block_shift(bias_shift: Tensor, key_shift: Tensor) -> Tensor:
+    """``(B, n, C, Hk)`` log-scale of a block's products: row bias shift plus key shift."""
+    if bias_shift.shape[0] == 1:
+        return bias_shift[0] + key_shift.transpose(-1, -2)
+    return bias_shift.squeeze(-1).permute(1, 2, 0) + key_shift.squeeze(-1).unsqueeze(2)
+
+
+def _overlap_add(blocks: Tensor, T: int, window: int) -> Tensor:
+    """Sum per-block band columns onto key positions, ``(B, n, Wd, F) -> (B, T, F)``.
+
+    Column ``j`` of block ``n`` is key ``n C + j - (window - 1)``; the bands of consecutive
+    blocks overlap, so each key collects from up to ``ceil(Wd / C)`` blocks.
+    """
+    B, n, width, features = blocks.shape
+    C = _block_size(window)
+    pieces = math.ceil(width / C)
+    blocks = F.pad(blocks, (0, 0, 0, pieces * C - width))
+    out = blocks.new_zeros(B, (n + pieces - 1) * C, features)
+    for i in range(pieces):
+        out[:, i * C : (i + n) * C] += blocks[:, :, i * C : (i + 1) * C].reshape(B, n * C, features)
+    return out[:, window - 1 : window - 1 + T]
+
+
+def _query_sums(x: Tensor, keys: Tensor, lse: Tensor, window: int, causal: bool) -> Tensor:
+    """``exp(k[t']) sum_t exp(-lse[t]) x[t]`` over the queries ``t`` that take key ``t'`` with bias 0.
+
+    Those are ``t >= t' + window`` (and ``t <= t' - window`` unless causal); causal
+    ``window = 0`` gives all ``t >= t'``. Each exponent ``k[t'] - lse[t]`` is ``<= 0``.
+
+    Args:
+        x: ``(B, T, D)``; keys, lse: ``(B, T, D)``, per channel.
+    """
+    return _signed_scan(x, lambda log_part: keys + _outside_window_logsumexp((log_part - lse).flip(1), window, causal).flip(1))
 
 
 def _per_channel(x: Tensor, group: int, dim: int = -1) -> Tensor:

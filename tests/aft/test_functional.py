@@ -273,6 +273,73 @@ def test_causal_simple_gradients_match_float64(scale: float) -> None:
         assert (g.double() - w).abs().max() <= 2e-5 * (1 + scale) * w.abs().max()
 
 
+BANDED = ["local_dense", "local_factorized", "conv1d", "conv1d_kernel_only"]
+
+
+def _banded_case(variant: str, causal: bool, scale: float):
+    """``(fn(q, k, v, *bias), float64 dense bias(*bias), [q, k, v, *bias])`` of a banded variant."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = _inputs(scale, heads=2 if variant.startswith("conv1d") else None)
+    if variant == "local_dense":
+        w = torch.randn(T, T, generator=g) * scale
+        return (lambda q, k, v, w: AF.aft_local(q, k, v, w, 5, causal)), (lambda w: local_bias(w, 5)), [q, k, v, w]
+    if variant == "local_factorized":
+        u, f = torch.randn(T, 4, generator=g), torch.randn(T, 4, generator=g)
+        return (
+            (lambda q, k, v, u, f: AF.aft_local(q, k, v, (u, f), 5, causal)),
+            (lambda u, f: local_bias(u @ f.T, 5)),
+            [q, k, v, u, f],
+        )
+    connected = variant == "conv1d"
+    w = torch.randn(2, 5, generator=g) * scale
+    return (
+        (lambda q, k, v, w: AF.aft_conv1d(q, k, v, w, causal, connected)),
+        (lambda w: conv1d_bias(w, T, causal, connected)),
+        [q, k, v, w],
+    )
+
+
+@pytest.mark.parametrize("variant", BANDED)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_banded_gradients_match_float64(variant: str, causal: bool, scale: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 gradients of AFT-local and AFT-conv1d (their own backward) against float64.
+
+    Keys and biases of scale 10 span exp(+-30) and still take the fast path (larger ones
+    go to the exact fallback, tested above)."""
+    monkeypatch.setattr(AF, "_exact_rows", lambda *args: pytest.fail("took the exact fallback"))
+    fn, dense_bias, inputs = _banded_case(variant, causal, scale)
+    inputs = [t.requires_grad_() for t in inputs]
+    grad = torch.randn(B, T, D, generator=torch.Generator().manual_seed(3))
+    got = torch.autograd.grad(fn(*inputs), inputs, grad)
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    ref = reference_aft(*inputs64[:3], dense_bias(*inputs64[3:]), causal)
+    want = torch.autograd.grad(ref, inputs64, grad.double())
+    for g, w in zip(got, want, strict=True):  # float32 rounding of k moves exp(k) by |k| * 6e-8
+        assert (g.double() - w).abs().max() <= 2e-5 * (1 + scale) * w.abs().max()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_local_saves_five_tensors_and_the_band(causal: bool) -> None:
+    """AFT-local's PyTorch path keeps k, v, the average, its normalizer and sigmoid(q), each
+    (B, T, D), plus the (T, C + window) band and the factors' blocks: no T x window x D tensor."""
+    n, d, window = 512, 64, 8
+    saved: dict[int, tuple[tuple[int, ...], int]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage().data_ptr()] = (tuple(t.shape), t.untyped_storage().nbytes())
+        return t
+
+    q, k, v = (torch.randn(1, n, d, requires_grad=True) for _ in range(3))
+    u, f = (torch.randn(n, 4, requires_grad=True) for _ in range(2))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        AF.aft_local(q, k, v, (u, f), window, causal)
+    per_position = [nbytes for shape, nbytes in saved.values() if shape == (1, n, d)]
+    assert len(per_position) <= 5
+    band_bytes = n * (64 + 2 * window) * 4  # row blocks of 64 positions by their band's columns
+    assert sum(nbytes for _, nbytes in saved.values()) - sum(per_position) <= 2 * band_bytes
+
+
 def test_bad_shapes_raise() -> None:
     q, k, v = _inputs()
     with pytest.raises(ValueError, match="w must have shape"):
