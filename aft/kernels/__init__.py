@@ -1,4 +1,4 @@
-"""Triton kernels (forward and backward) for AFT-simple, AFT-local and AFT-conv1d.
+"""Triton kernels (forward and backward) for AFT-simple, AFT-local, AFT-conv1d and AFT-conv2d.
 
 :mod:`aft.functional` dispatches here through :func:`supports`: the kernels run when
 Triton is installed, every tensor is float16, bfloat16 or float32, and the tensors are on a
@@ -6,9 +6,10 @@ CUDA device, or on the CPU with ``TRITON_INTERPRET=1`` set before Triton is impo
 interpreter, for tests). float64 keeps the PyTorch path.
 
 * :func:`aft_simple` (Eq. 5), :func:`aft_local` (Eq. 4 with a dense or factorized, Eq. 7,
-  bias) and :func:`aft_conv1d` (Eq. 6): same arguments and results as their namesakes in
-  :mod:`aft.functional`, plus an optional launch shape ``blocks``.
-* The kernels themselves: :mod:`aft.kernels.banded`; their numerics:
+  bias), :func:`aft_conv1d` and :func:`aft_conv2d` (Eq. 6): same arguments and results as
+  their namesakes in :mod:`aft.functional`, plus an optional launch shape ``blocks``.
+* The kernels themselves: :mod:`aft.kernels.banded` (a banded bias over a sequence: the
+  first three) and :mod:`aft.kernels.conv2d` (a kernel box on a 2-d grid); their numerics:
   :mod:`aft.kernels.online`.
 
 ``with enabled(False):`` forces the PyTorch path (to compare the two). The submodules
@@ -29,7 +30,8 @@ import torch
 from torch import Tensor
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_ENTRY_POINTS = {"aft_simple": "simple", "aft_local": "local", "aft_conv1d": "conv1d"}
+MAX_GRID_COLUMNS = 1024  # AFT-conv2d: one program holds a grid row (wider grids take the PyTorch path)
+_ENTRY_POINTS = {"aft_simple": "simple", "aft_local": "local", "aft_conv1d": "conv1d", "aft_conv2d": "conv2d"}
 _ENABLED: ContextVar[bool] = ContextVar("aft_kernels_enabled", default=True)
 
 

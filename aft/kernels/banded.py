@@ -68,6 +68,13 @@ def _program(D, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, T, D, HK):
+    """The ``(B, T, D)`` pointers (``k``: ``(B, T, HK)``) moved to batch element ``b``."""
+    n = b * T
+    return q_ptr + n * D, k_ptr + n * HK, v_ptr + n * D, out_ptr + n * D, lse_ptr + n * D, dout_ptr + n * D
+
+
+@triton.jit
 def _tile(ptr, rows, cols, T, width, other):
     """``x[rows, cols]`` of a row-major ``(T, width)`` array as float32, ``other`` outside.
 
@@ -179,12 +186,8 @@ def _summary_kernel(
     b, chans = _program(D, BLOCK_D)
     chunk = tl.program_id(1)
     n_tiles = tl.cdiv(T, BLOCK_T)
-    q_ptr += b * T * D
-    k_ptr += b * T * HK
-    v_ptr += b * T * D
-    out_ptr += b * T * D
-    lse_ptr += b * T * D
-    dout_ptr += b * T * D
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr = _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr,
+                                                                T, D, HK)
     tiles_ptr += b * n_tiles * 3 * D
     chunks_ptr += b * tl.num_programs(1) * 3 * D
     first = chunk * tiles_per_chunk
@@ -218,11 +221,7 @@ def _forward_kernel(
     chunk = tl.program_id(1)
     n_chunks = tl.num_programs(1)
     n_tiles = tl.cdiv(T, BLOCK_T)
-    q_ptr += b * T * D
-    k_ptr += b * T * HK
-    v_ptr += b * T * D
-    out_ptr += b * T * D
-    lse_ptr += b * T * D
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, _ = _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, out_ptr, T, D, HK)
     other_tiles += b * n_tiles * 3 * D
     cm, ca, cb, om, oa, ob = _chunk_start(main_chunks + b * n_chunks * 3 * D, other_chunks + b * n_chunks * 3 * D,
                                           chunk, n_chunks, chans, D, False, CAUSAL, GLOBAL)
@@ -264,15 +263,12 @@ def _backward_kernel(
     chunk = tl.program_id(1)
     n_chunks = tl.num_programs(1)
     n_tiles = tl.cdiv(T, BLOCK_T)
-    q_ptr += b * T * D
-    k_ptr += b * T * HK
-    v_ptr += b * T * D
-    out_ptr += b * T * D
-    lse_ptr += b * T * D
-    dout_ptr += b * T * D
-    dq_ptr += b * T * D
-    dk_ptr += b * T * D
-    dv_ptr += b * T * D
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr = _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr,
+                                                                T, D, HK)
+    grads = b * T * D
+    dq_ptr += grads
+    dk_ptr += grads
+    dv_ptr += grads
     other_tiles += b * n_tiles * 3 * D
     cm, ca, cb, om, oa, ob = _chunk_start(main_chunks + b * n_chunks * 3 * D, other_chunks + b * n_chunks * 3 * D,
                                           chunk, n_chunks, chans, D, True, CAUSAL, GLOBAL)

@@ -1,0 +1,375 @@
+"""AFT-conv2d (Eq. 6 on a 2-d grid, non-causal), forward and backward in Triton.
+
+For query ``(y, x)`` and channel ``c`` of key head ``h = c // (D // H)`` (Eq. 2)::
+
+    avg[y, x, c] = sum exp(K[y', x', h] + w'[y', x']) V[y', x', c] / sum exp(K[y', x', h] + w'[y', x'])
+
+over every key ``(y', x')`` of the grid, with ``w' = w[h, y' - y + r, x' - x + r]`` inside
+the ``S x S`` box ``|y' - y| <= r, |x' - x| <= r`` (``r = S // 2``) and, outside it, 0 with
+global connectivity or ``-inf`` without. Eq. 6 is evaluated as positive sums, ``exp(K + w)``
+inside the box and ``exp(K)`` outside it, never through ``exp(w) - 1``.
+
+Shapes: ``q, v, out``: ``(B, Y, X, D)``; ``k``: ``(B, Y, X, H)``, ``H | D``; ``w``:
+``(H, S, S)``, ``S`` odd.
+
+Algorithm. A program owns one grid row ``y``, a block of channels and one batch element:
+a ``(BLOCK_X, BLOCK_D)`` tile, ``BLOCK_X >= X``. It holds an online log-sum-exp state
+(:mod:`aft.kernels.online`) per ``(x, c)`` of
+
+* the rows above and below the box: per-row totals written by a summary kernel, merged
+  into prefix and suffix states over rows by a second one (``above[y]``: rows ``< y``,
+  ``below[y]``: rows ``> y``), read at ``y - r`` and ``y + r``;
+* in the box's rows, the columns left of ``x - r`` and right of ``x + r``: each column's
+  terms over the box rows, loaded shifted by ``r + 1`` and scanned along the row
+  (``tl.associative_scan`` with :func:`aft.kernels.online.merge`);
+* the ``S * S`` box terms ``K + w``, pushed one by one with the exact running maximum.
+
+Nothing ``(YX)^2`` or ``Y X S^2 D`` is formed; every pass reads and writes ``O(Y X D)``
+bytes plus ``O(Y D)`` of row states.
+
+Backward. Autograd keeps the inputs, ``out`` and the float32 ``lse`` ``(B, Y, X, D)``. The
+gradients are those of :mod:`aft.kernels.banded` with ``t = (y, x)``: for key ``t'`` the
+query terms ``(-lse[t], G[t], delta[t])`` are swept with the same structure (the box is
+symmetric; inside it the queries are at ``(y' - dy, x' - dx)`` with bias
+``w[h, dy + r, dx + r]``) and multiplied by ``exp(K[t'] + m)``, giving ``dV`` and
+``dK`` (summed over each head's channels); ``dw`` collects the box terms by atomic adds,
+per channel, summed over each head's channels afterwards. Everything is computed in
+float32 whatever the input dtype; ``out`` has ``v``'s dtype, each gradient its input's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from aft.kernels import online
+from aft.kernels import MAX_GRID_COLUMNS
+from aft.kernels.banded import Blocks, _at_batch, _band, _device, _program, _terms, _tile, _unused
+from aft.kernels.online import NEG
+
+# ------------------------------------------------------------------------------ kernels
+
+
+@triton.jit
+def _row_terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, row, cols, chans, X, D, HK,
+               GROUP: tl.constexpr, GATED: tl.constexpr, QUERIES: tl.constexpr):
+    """Terms at ``(row, cols)`` of one batch element's grid, ``(BLOCK_X, BLOCK_D)``: query
+    terms (backward) or key terms (forward); empty outside ``[0, X)``."""
+    at, at_k = row * X * D, row * X * HK
+    logit, x, y = _terms(q_ptr + at, k_ptr + at_k, v_ptr + at, out_ptr + at, lse_ptr + at, dout_ptr + at,
+                         cols, chans, X, D, HK, GROUP, GATED, QUERIES)
+    return logit, x, y
+
+
+@triton.jit
+def _outside(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, above_ptr, below_ptr, y, cols, chans,
+             Y, X, D, HK, RADIUS: tl.constexpr, GROUP: tl.constexpr, GATED: tl.constexpr,
+             QUERIES: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr):
+    """State of the terms outside the box around each ``(y, cols)`` (bias 0), ``(BLOCK_X, BLOCK_D)``.
+
+    Rows above and below the box from the row states; within the box's rows, the columns
+    ``<= x - r - 1`` from a scan of the terms at ``cols - r - 1`` and those ``>= x + r + 1``
+    from a reverse scan of the terms at ``cols + r + 1``.
+    """
+    m, a, s = online.load(above_ptr, tl.maximum(y - RADIUS, 0), chans, D)
+    bm, ba, bs = online.load(below_ptr, tl.minimum(y + RADIUS, Y - 1), chans, D)
+    m, a, s = online.merge(m, a, s, bm, ba, bs)
+    lm, la, ls = online.empty_like(tl.zeros((BLOCK_X, BLOCK_D), dtype=tl.float32))
+    rm, ra, rs = lm, la, ls
+    for row in range(tl.maximum(y - RADIUS, 0), tl.minimum(y + RADIUS + 1, Y)):
+        logit, x, v = _row_terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, row, cols - (RADIUS + 1),
+                                 chans, X, D, HK, GROUP, GATED, QUERIES)
+        lm, la, ls = online.push(lm, la, ls, logit, x, v)
+        logit, x, v = _row_terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, row, cols + (RADIUS + 1),
+                                 chans, X, D, HK, GROUP, GATED, QUERIES)
+        rm, ra, rs = online.push(rm, ra, rs, logit, x, v)
+    lm, la, ls = tl.associative_scan((lm, la, ls), 0, online.merge)
+    rm, ra, rs = tl.associative_scan((rm, ra, rs), 0, online.merge, reverse=True)
+    lm, la, ls = online.merge(lm, la, ls, rm, ra, rs)
+    m, a, s = online.merge(m[None, :], a[None, :], s[None, :], lm, la, ls)
+    return m, a, s
+
+
+@triton.jit
+def _row_totals_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, rows_ptr, Y, X, D, HK,
+    GROUP: tl.constexpr, GATED: tl.constexpr, QUERIES: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """``rows[b, y]``: the state of all terms of grid row ``y``; ``(B, Y, 3, D)`` float32."""
+    b, chans = _program(D, BLOCK_D)
+    y = tl.program_id(1)
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr = _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr,
+                                                                Y * X, D, HK)
+    logit, x, v = _row_terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, y, tl.arange(0, BLOCK_X),
+                             chans, X, D, HK, GROUP, GATED, QUERIES)
+    m, a, s = online.total(logit, x, v)
+    online.store(rows_ptr + b * Y * 3 * D, y, chans, D, m, a, s)
+
+
+@triton.jit
+def _exclusive_scan_rows(rows_ptr, states_ptr, Y, chans, D, REVERSE: tl.constexpr):
+    """``states[y]``: the merged ``rows[y'']`` of ``y'' < y`` (``y'' > y`` if ``REVERSE``)."""
+    m, a, s = online.empty_like(chans)
+    for i in range(Y):
+        if REVERSE:
+            y = Y - 1 - i
+        else:
+            y = i
+        online.store(states_ptr, y, chans, D, m, a, s)
+        rm, ra, rs = online.load(rows_ptr, y, chans, D)
+        m, a, s = online.merge(m, a, s, rm, ra, rs)
+
+
+@triton.jit
+def _row_prefix_kernel(rows_ptr, above_ptr, below_ptr, Y, D, BLOCK_D: tl.constexpr):
+    """``above[b, y]``: the state of rows ``< y``; ``below[b, y]``: of rows ``> y``. All
+    ``(B, Y, 3, D)`` float32."""
+    b, chans = _program(D, BLOCK_D)
+    offset = b * Y * 3 * D
+    _exclusive_scan_rows(rows_ptr + offset, above_ptr + offset, Y, chans, D, False)
+    _exclusive_scan_rows(rows_ptr + offset, below_ptr + offset, Y, chans, D, True)
+
+
+@triton.jit
+def _forward_kernel(
+    q_ptr, k_ptr, v_ptr, w_ptr, out_ptr, lse_ptr, above_ptr, below_ptr, Y, X, D, HK,
+    RADIUS: tl.constexpr, GROUP: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
+    STORE_LSE: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """``out = sigmoid(q) * avg`` and (``STORE_LSE``) ``lse`` of grid row ``program_id(1)``."""
+    b, chans = _program(D, BLOCK_D)
+    y = tl.program_id(1)
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, _ = _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, out_ptr,
+                                                         Y * X, D, HK)
+    cols = tl.arange(0, BLOCK_X)
+    if GLOBAL:
+        row_states = b * Y * 3 * D
+        m, a, s = _outside(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, out_ptr, above_ptr + row_states,
+                           below_ptr + row_states, y, cols, chans, Y, X, D, HK,
+                           RADIUS, GROUP, GATED, False, BLOCK_X, BLOCK_D)
+    else:
+        m, a, s = online.empty_like(tl.zeros((BLOCK_X, BLOCK_D), dtype=tl.float32))
+    SIZE: tl.constexpr = 2 * RADIUS + 1
+    for row in range(tl.maximum(y - RADIUS, 0), tl.minimum(y + RADIUS + 1, Y)):
+        for dx in range(-RADIUS, RADIUS + 1):
+            logit, x, v = _row_terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, out_ptr, row, cols + dx,
+                                     chans, X, D, HK, GROUP, GATED, False)
+            bias = _band(w_ptr, cols, chans, (row - y + RADIUS) * SIZE + dx + RADIUS, X, D, SIZE * SIZE,
+                         GROUP, True)
+            m, a, s = online.push(m, a, s, logit + bias, x, v)
+    a = tl.where(a > 0, a, 1.0)  # columns past X, channels past D
+    mask = (cols < X)[:, None] & (chans < D)[None, :]
+    offs = (y * X + cols)[:, None] * D + chans[None, :]
+    avg = s / a
+    if GATED:
+        avg = avg * tl.sigmoid(tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+    tl.store(out_ptr + offs, avg.to(out_ptr.dtype.element_ty), mask=mask)
+    if STORE_LSE:
+        tl.store(lse_ptr + offs, m + tl.log(a), mask=mask)
+
+
+@triton.jit
+def _backward_kernel(
+    q_ptr, k_ptr, v_ptr, w_ptr, out_ptr, lse_ptr, dout_ptr, above_ptr, below_ptr,
+    dq_ptr, dk_ptr, dv_ptr, dw_ptr, Y, X, D, HK,
+    RADIUS: tl.constexpr, GROUP: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
+    W_GRAD: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """``dq``, per-channel ``dk`` (``(B, Y, X, D)``), ``dv`` of the keys of grid row
+    ``program_id(1)`` and (atomically) the per-channel kernel gradient ``(D, S * S)``."""
+    b, chans = _program(D, BLOCK_D)
+    y = tl.program_id(1)
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr = _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr,
+                                                                Y * X, D, HK)
+    grads = b * Y * X * D
+    dq_ptr += grads
+    dk_ptr += grads
+    dv_ptr += grads
+    cols = tl.arange(0, BLOCK_X)
+    key = _tile(k_ptr + y * X * HK, cols, chans // GROUP, X, HK, NEG)
+    value = _tile(v_ptr + y * X * D, cols, chans, X, D, 0.0)
+    if GLOBAL:
+        row_states = b * Y * 3 * D
+        m, a, s = _outside(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, above_ptr + row_states,
+                           below_ptr + row_states, y, cols, chans, Y, X, D, HK,
+                           RADIUS, GROUP, GATED, True, BLOCK_X, BLOCK_D)
+        scale = tl.exp(key + m)
+        dv = scale * a
+        dk = scale * (value * a - s)
+    else:
+        dv = tl.zeros((BLOCK_X, BLOCK_D), dtype=tl.float32)
+        dk = tl.zeros((BLOCK_X, BLOCK_D), dtype=tl.float32)
+    SIZE: tl.constexpr = 2 * RADIUS + 1
+    for row in range(tl.maximum(y - RADIUS, 0), tl.minimum(y + RADIUS + 1, Y)):  # query rows
+        for dx in range(-RADIUS, RADIUS + 1):  # queries at x' - dx
+            neg_lse, d_avg, delta = _row_terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, row, cols - dx,
+                                               chans, X, D, HK, GROUP, GATED, True)
+            tap = (y - row + RADIUS) * SIZE + dx + RADIUS
+            p = tl.exp(key + _band(w_ptr, cols, chans, tap, X, D, SIZE * SIZE, GROUP, True) + neg_lse)
+            dv += p * d_avg
+            r = p * (d_avg * value - delta)
+            dk += r
+            if W_GRAD:
+                tl.atomic_add(dw_ptr + chans * SIZE * SIZE + tap, tl.sum(r, 0), mask=chans < D)
+    mask = (cols < X)[:, None] & (chans < D)[None, :]
+    offs = (y * X + cols)[:, None] * D + chans[None, :]
+    tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
+    tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
+    if GATED:
+        gate = tl.sigmoid(tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+        grad = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        out = tl.load(out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dq_ptr + offs, (grad * out * (1.0 - gate)).to(dq_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------------------ launch
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """``block_x``: the tile's columns (a whole grid row); ``grid``: (batch x channel blocks, rows)."""
+
+    blocks: Blocks
+    block_x: int
+    radius: int
+    global_connectivity: bool
+    grid: tuple[int, int]
+
+
+def default_blocks(v: Tensor) -> Blocks:
+    """Channels per program: 16 on the CPU (interpreter); on CUDA a tile of about 1024
+    elements, at most 32 channels wide (a guess like banded's 32 x 32 tiles, not yet
+    measured on a GPU)."""
+    if v.device.type != "cuda":
+        return Blocks(d=16)
+    return Blocks(d=max(1, min(32, 1024 // triton.next_power_of_2(v.shape[2]))))
+
+
+def _launch(v: Tensor, w: Tensor, global_connectivity: bool, blocks: Blocks) -> _Launch:
+    B, Y, X, D = v.shape
+    if X > MAX_GRID_COLUMNS:
+        raise ValueError(
+            f"the AFT-conv2d kernel holds a grid row in one tile: X={X} > {MAX_GRID_COLUMNS} columns "
+            "(aft.functional.aft_conv2d takes the PyTorch path for such grids)"
+        )
+    grid = (B * triton.cdiv(D, blocks.d), Y)
+    return _Launch(blocks, triton.next_power_of_2(X), w.shape[-1] // 2, global_connectivity, grid)
+
+
+def _row_states(
+    feeds: tuple[Tensor, ...], HK: int, launch: _Launch, gated: bool, queries: bool
+) -> tuple[Tensor, Tensor]:
+    """``(above, below)`` (see ``_row_prefix_kernel``) of the key terms or, ``queries``, the
+    query terms; both :func:`_unused` without global connectivity."""
+    v = feeds[2]
+    if not launch.global_connectivity:
+        return _unused(v), _unused(v)
+    B, Y, X, D = v.shape
+    rows, above, below = (v.new_empty(B, Y, 3, D, dtype=torch.float32) for _ in range(3))
+    blocks = launch.blocks
+    _row_totals_kernel[launch.grid](
+        *feeds, rows, Y, X, D, HK, GROUP=D // HK, GATED=gated, QUERIES=queries,
+        BLOCK_X=launch.block_x, BLOCK_D=blocks.d, num_warps=blocks.warps,
+    )
+    _row_prefix_kernel[launch.grid[:1]](rows, above, below, Y, D, BLOCK_D=blocks.d, num_warps=blocks.warps)
+    return above, below
+
+
+def _forward(
+    q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, launch: _Launch, store_lse: bool
+) -> tuple[Tensor, Tensor]:
+    """``(out, lse)``; ``lse`` is :func:`_unused` unless ``store_lse``."""
+    B, Y, X, D = v.shape
+    HK = k.shape[-1]
+    out = torch.empty_like(v)
+    lse = v.new_empty(B, Y, X, D, dtype=torch.float32) if store_lse else _unused(v)
+    gate = v if q is None else q
+    above, below = _row_states((gate, k, v, out, lse, out), HK, launch, q is not None, queries=False)
+    blocks = launch.blocks
+    _forward_kernel[launch.grid](
+        gate, k, v, w, out, lse, above, below, Y, X, D, HK,
+        RADIUS=launch.radius, GROUP=D // HK, GATED=q is not None, GLOBAL=launch.global_connectivity,
+        STORE_LSE=store_lse, BLOCK_X=launch.block_x, BLOCK_D=blocks.d, num_warps=blocks.warps,
+    )
+    return out, lse
+
+
+def _backward(
+    q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
+    launch: _Launch, w_grad: bool,
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor | None]:
+    """``(dq, dk, dv, dw)``; ``dq`` is ``None`` without ``q``, ``dw`` unless ``w_grad``."""
+    B, Y, X, D = v.shape
+    HK, S = k.shape[-1], w.shape[-1]
+    gate = v if q is None else q
+    dq = _unused(v) if q is None else torch.empty_like(q)
+    dk = torch.empty_like(k) if HK == D else k.new_empty(B, Y, X, D, dtype=torch.float32)
+    dv = torch.empty_like(v)
+    dw = v.new_zeros(D, S * S, dtype=torch.float32) if w_grad else _unused(v)
+    feeds = (gate, k, v, out, lse, dout)
+    above, below = _row_states(feeds, HK, launch, q is not None, queries=True)
+    blocks = launch.blocks
+    _backward_kernel[launch.grid](
+        gate, k, v, w, out, lse, dout, above, below, dq, dk, dv, dw, Y, X, D, HK,
+        RADIUS=launch.radius, GROUP=D // HK, GATED=q is not None, GLOBAL=launch.global_connectivity,
+        W_GRAD=w_grad, BLOCK_X=launch.block_x, BLOCK_D=blocks.d, num_warps=blocks.warps,
+    )
+    if HK != D:
+        dk = dk.view(B, Y, X, HK, D // HK).sum(-1).to(k.dtype)
+    dw = dw.view(HK, D // HK, S, S).sum(1).to(w.dtype) if w_grad else None
+    return (None if q is None else dq), dk, dv, dw
+
+
+class _Conv2dAFT(torch.autograd.Function):
+    """Saves ``q, k, v, w`` (contiguous), ``out`` and float32 ``lse``: ``O(Y X D)``."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, global_connectivity: bool,
+                blocks: Blocks) -> Tensor:
+        q = None if q is None else q.contiguous()
+        k, v, w = k.contiguous(), v.contiguous(), w.contiguous()
+        launch = _launch(v, w, global_connectivity, blocks)
+        with _device(v):
+            out, lse = _forward(q, k, v, w, launch, store_lse=any(ctx.needs_input_grad[:4]))
+        ctx.save_for_backward(q, k, v, w, out, lse)
+        ctx.launch = launch
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, w, out, lse = ctx.saved_tensors
+        with _device(v):
+            dq, dk, dv, dw = _backward(q, k, v, w, out, lse, dout.contiguous(), ctx.launch, ctx.needs_input_grad[3])
+        return dq, dk, dv, dw, None, None
+
+
+def aft_conv2d(
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    global_connectivity: bool = True,
+    blocks: Blocks | None = None,
+) -> Tensor:
+    """AFT-conv2d, Eq. 6 (non-causal); arguments as :func:`aft.functional.aft_conv2d`.
+
+    Args:
+        q, v: ``(B, Y, X, D)``; ``q=None`` drops the query gate.
+        k: ``(B, Y, X, H)``, one key channel per head (``H | D``), ``X <= MAX_GRID_COLUMNS``.
+        w: ``(H, S, S)`` kernel of position biases, ``S`` odd; ``w[h, a, b]`` is the bias
+            of key ``(y + a - S//2, x + b - S//2)``.
+        global_connectivity: ``False`` puts ``-inf`` outside the kernel (§5.3 ablation).
+        blocks: launch shape (:class:`aft.kernels.banded.Blocks`): only ``d`` channels per
+            program and ``warps`` apply, a tile holds a whole grid row; default
+            :func:`default_blocks`.
+
+    Returns:
+        ``(B, Y, X, D)`` in ``v``'s dtype.
+    """
+    return _Conv2dAFT.apply(q, k, v, w, global_connectivity, blocks or default_blocks(v))
