@@ -39,6 +39,23 @@ def test_bench_ops_records_every_operator_at_every_length(tmp_path: Path) -> Non
     assert record["bandwidth"] is None  # copy bandwidth is a CUDA measurement
 
 
+def test_bench_revision_times_both_versions_of_every_operator(tmp_path: Path) -> None:
+    record = run_script(
+        "bench_revision.py", tmp_path / "revision.json", "--rev", "HEAD", "--batch", "1", "--dim", "16",
+        "--heads", "2", "--bias-dim", "4", "--lengths", "32",
+    )
+    assert {row["op"] for row in record["rows"]} == {"aft_simple", "aft_local_w32", "aft_local_w256", "aft_conv1d_k32_h8"}
+    for row in record["rows"]:
+        assert set(row["seconds"]) == set(row["saved_bytes"]) == {"HEAD", "working tree"}
+        assert min(row["saved_bytes"].values()) > 0 and row["time_ratio"] > 0
+
+
+def test_bench_revision_names_the_fix_for_an_unknown_revision(tmp_path: Path) -> None:
+    command = [sys.executable, str(SCRIPTS / "bench_revision.py"), "--rev", "no-such-rev", "--device", "cpu"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "git log --oneline" in result.stderr.strip().splitlines()[-1]
+
+
 def test_bench_decode_times_recurrent_and_recomputed_sampling(tmp_path: Path) -> None:
     record = run_script(
         "bench_decode.py", tmp_path / "decode.json", "--tokens", "24", "--depth", "1", "--dim", "16",
