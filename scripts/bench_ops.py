@@ -1,9 +1,11 @@
-"""Operator benchmark: AFT variants vs causal multi-head attention, side by side.
+"""Operator benchmark: AFT variants vs multi-head attention, side by side.
 
 For each sequence length T it times forward + backward of every operator on the same
 inputs and counts the bytes saved for backward (``saved_tensors_hooks``, each storage
-once), plus ``torch.cuda.max_memory_allocated`` on a GPU. AFT-simple, AFT-local and
-AFT-conv1d appear twice where the Triton kernels run (CUDA): ``name[triton]`` and
+once), plus ``torch.cuda.max_memory_allocated`` on a GPU. The sequence operators are causal
+and compared with causal attention; where T is a square, AFT-conv2d (7 x 7 kernel, 8 heads)
+on a sqrt(T) x sqrt(T) grid is compared with bidirectional attention (``*_bidirectional``).
+The AFT operators appear twice where the Triton kernels run (CUDA): ``name[triton]`` and
 ``name[torch]`` (the PyTorch path, forced with ``aft.kernels.enabled(False)``). It prints a
 table, the ratios to SDPA attention and the growth from the smallest to the largest T.
 
@@ -23,6 +25,7 @@ This is a benchmark, not a test: numbers depend on the machine.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 import torch
@@ -37,6 +40,7 @@ Op = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # Fewest bytes per element of a (B, T, D) float32 tensor: forward reads q, k, v and writes
 # out, lse; backward reads q, k, v, out, lse, dout and writes dq, dk, dv.
 MIN_TENSORS = {"forward": 5, "backward": 9}
+BIDIRECTIONAL = "_bidirectional"  # in the names of the non-causal ops, compared with non-causal attention
 
 
 def build_ops(T: int, D: int, heads: int, bias_dim: int, device: torch.device) -> dict[str, tuple[Op, int]]:
@@ -61,13 +65,20 @@ def build_ops(T: int, D: int, heads: int, bias_dim: int, device: torch.device) -
         w = param(T, T)
         ops["aft_full"] = (lambda q, k, x: AF.aft_full(q, k, x, w, causal=True), D)
 
-    def sdpa(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def sdpa(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor, causal: bool = True) -> torch.Tensor:
         B = q.shape[0]
         split = lambda t: t.view(B, T, heads, D // heads).transpose(1, 2)  # noqa: E731
-        out = F.scaled_dot_product_attention(split(q), split(k), split(x), is_causal=True)
+        out = F.scaled_dot_product_attention(split(q), split(k), split(x), is_causal=causal)
         return out.transpose(1, 2).reshape(B, T, D)
 
     ops["attention_sdpa_h8"] = (sdpa, D)
+    side = math.isqrt(T)
+    if side * side == T:  # AFT-conv2d on a side x side grid, against bidirectional attention
+        grid_kernel = param(heads, 7, 7)
+        grid = lambda t: t.view(t.shape[0], side, side, t.shape[-1])  # noqa: E731
+        conv2d = lambda q, k, x: AF.aft_conv2d(grid(q), grid(k), grid(x), grid_kernel).flatten(1, 2)  # noqa: E731
+        ops.update(with_kernel_variants({f"aft_conv2d_k7_h8{BIDIRECTIONAL}": (conv2d, heads)}, device))
+        ops[f"attention_sdpa_h8{BIDIRECTIONAL}"] = (lambda q, k, x: sdpa(q, k, x, causal=False), D)
     return ops
 
 
@@ -182,9 +193,9 @@ def bandwidth_rows(args: argparse.Namespace, device: torch.device) -> dict:
 
 def _format_row(row: dict) -> str:
     if "skipped" in row:
-        return f"{row['op']:<26} T={row['T']:<6} skipped: {row['skipped']}"
+        return f"{row['op']:<34} T={row['T']:<6} skipped: {row['skipped']}"
     peak = "" if row.get("peak_bytes") is None else f"  peak {row['peak_bytes'] / 2**20:9.1f} MiB"
-    return f"{row['op']:<26} T={row['T']:<6} {row['seconds'] * 1e3:10.1f} ms  saved {row['saved_bytes'] / 2**20:9.1f} MiB{peak}"
+    return f"{row['op']:<34} T={row['T']:<6} {row['seconds'] * 1e3:10.1f} ms  saved {row['saved_bytes'] / 2**20:9.1f} MiB{peak}"
 
 
 def summarize(rows: list[dict]) -> str:
@@ -193,24 +204,23 @@ def summarize(rows: list[dict]) -> str:
     by = {(r["op"], r["T"]): r for r in ok}
     lengths = sorted({r["T"] for r in ok})
     names = list(dict.fromkeys(r["op"] for r in ok))
-    lines = ["", "ratio to attention_sdpa_h8 (time, saved bytes; < 1 is better):"]
+    lines = ["", "ratio to attention_sdpa_h8 of the same causality (time, saved bytes; < 1 is better):"]
     for T in lengths:
-        ref = by.get(("attention_sdpa_h8", T))
-        if ref is None:
-            continue
-        parts = [
-            f"{n}: {by[(n, T)]['seconds'] / ref['seconds']:.2f}x time, {by[(n, T)]['saved_bytes'] / ref['saved_bytes']:.2f}x mem"
-            for n in names
-            if (n, T) in by and n != "attention_sdpa_h8"
-        ]
+        parts = []
+        for n in names:
+            reference = f"attention_sdpa_h8{BIDIRECTIONAL}" if BIDIRECTIONAL in n else "attention_sdpa_h8"
+            ref = by.get((reference, T))
+            if (n, T) in by and ref is not None and n != reference:
+                parts.append(f"{n}: {by[(n, T)]['seconds'] / ref['seconds']:.2f}x time, "
+                             f"{by[(n, T)]['saved_bytes'] / ref['saved_bytes']:.2f}x mem")
         lines.append(f"  T={T}: " + "; ".join(parts))
-    lines.append(f"growth from T={lengths[0]} to T={lengths[-1]} ({lengths[-1] // lengths[0]}x T):")
+    lines.append(f"growth from T={lengths[0]} to T={lengths[-1]} ({lengths[-1] / lengths[0]:g}x T):")
     for n in names:
         have = [T for T in lengths if (n, T) in by]
         if len(have) > 1:
             a, b = by[(n, have[0])], by[(n, have[-1])]
             lines.append(
-                f"  {n:<26} T {have[0]}->{have[-1]}: time x{b['seconds'] / a['seconds']:.1f}, "
+                f"  {n:<34} T {have[0]}->{have[-1]}: time x{b['seconds'] / a['seconds']:.1f}, "
                 f"saved bytes x{b['saved_bytes'] / a['saved_bytes']:.1f}"
             )
     return "\n".join(lines)

@@ -128,6 +128,31 @@ def _band(bias_ptr, rows, chans, col, T, D, W, GROUP: tl.constexpr, PER_HEAD: tl
 
 
 @triton.jit
+def _store_output(q_ptr, out_ptr, lse_ptr, offs, mask, m, a, s, GATED: tl.constexpr, STORE_LSE: tl.constexpr):
+    """Store ``out = sigmoid(q) * s / a`` (Eq. 2) and, if ``STORE_LSE``, ``lse = m + log(a)``
+    at ``offs`` from a forward state ``(m, a, s)``; ``a = 0`` (padding) reads as 1."""
+    a = tl.where(a > 0, a, 1.0)
+    avg = s / a
+    if GATED:
+        avg = avg * tl.sigmoid(tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+    tl.store(out_ptr + offs, avg.to(out_ptr.dtype.element_ty), mask=mask)
+    if STORE_LSE:
+        tl.store(lse_ptr + offs, m + tl.log(a), mask=mask)
+
+
+@triton.jit
+def _store_gradients(q_ptr, out_ptr, dout_ptr, dq_ptr, dk_ptr, dv_ptr, offs, mask, dk, dv, GATED: tl.constexpr):
+    """Store ``dk``, ``dv`` and, if ``GATED``, ``dq = dout * out * (1 - sigmoid(q))`` at ``offs``."""
+    tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
+    tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
+    if GATED:
+        gate = tl.sigmoid(tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+        grad = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        out = tl.load(out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dq_ptr + offs, (grad * out * (1.0 - gate)).to(dq_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _outside(cm, ca, cb, om, oa, ob, other_tiles, tile, rows, main_shift, other_shift,
              q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, chans, T, D, HK,
              GROUP: tl.constexpr, GATED: tl.constexpr, BACKWARD: tl.constexpr, CAUSAL: tl.constexpr):
@@ -238,15 +263,8 @@ def _forward_kernel(
             logit, x, y = _key_terms(k_ptr, v_ptr, rows - offset, chans, T, D, HK, GROUP)
             bias = _band(bias_ptr, rows, chans, offset - band_lo, T, D, W, GROUP, PER_HEAD)
             m, a, s = online.push(m, a, s, logit + bias, x, y)
-        a = tl.where(a > 0, a, 1.0)  # rows past T
         mask = (rows < T)[:, None] & (chans < D)[None, :]
-        offs = rows[:, None] * D + chans[None, :]
-        avg = s / a
-        if GATED:
-            avg = avg * tl.sigmoid(tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32))
-        tl.store(out_ptr + offs, avg.to(out_ptr.dtype.element_ty), mask=mask)
-        if STORE_LSE:
-            tl.store(lse_ptr + offs, m + tl.log(a), mask=mask)
+        _store_output(q_ptr, out_ptr, lse_ptr, rows[:, None] * D + chans[None, :], mask, m, a, s, GATED, STORE_LSE)
 
 
 @triton.jit
@@ -303,14 +321,8 @@ def _backward_kernel(
                 else:
                     tl.atomic_add(dbias_ptr + queries * W + col, tl.sum(r, 1), mask=(queries >= 0) & (queries < T))
         mask = (rows < T)[:, None] & (chans < D)[None, :]
-        offs = rows[:, None] * D + chans[None, :]
-        tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
-        tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
-        if GATED:
-            gate = tl.sigmoid(tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32))
-            grad = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            out = tl.load(out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            tl.store(dq_ptr + offs, (grad * out * (1.0 - gate)).to(dq_ptr.dtype.element_ty), mask=mask)
+        _store_gradients(q_ptr, out_ptr, dout_ptr, dq_ptr, dk_ptr, dv_ptr, rows[:, None] * D + chans[None, :], mask,
+                         dk, dv, GATED)
 
 
 # ------------------------------------------------------------------------------ launch

@@ -49,7 +49,18 @@ from torch.autograd.function import once_differentiable
 
 from aft.kernels import online
 from aft.kernels import MAX_GRID_COLUMNS
-from aft.kernels.banded import Blocks, _at_batch, _band, _device, _program, _terms, _tile, _unused
+from aft.kernels.banded import (
+    Blocks,
+    _at_batch,
+    _band,
+    _device,
+    _program,
+    _store_gradients,
+    _store_output,
+    _terms,
+    _tile,
+    _unused,
+)
 from aft.kernels.online import NEG
 
 # ------------------------------------------------------------------------------ kernels
@@ -162,15 +173,8 @@ def _forward_kernel(
             bias = _band(w_ptr, cols, chans, (row - y + RADIUS) * SIZE + dx + RADIUS, X, D, SIZE * SIZE,
                          GROUP, True)
             m, a, s = online.push(m, a, s, logit + bias, x, v)
-    a = tl.where(a > 0, a, 1.0)  # columns past X, channels past D
     mask = (cols < X)[:, None] & (chans < D)[None, :]
-    offs = (y * X + cols)[:, None] * D + chans[None, :]
-    avg = s / a
-    if GATED:
-        avg = avg * tl.sigmoid(tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32))
-    tl.store(out_ptr + offs, avg.to(out_ptr.dtype.element_ty), mask=mask)
-    if STORE_LSE:
-        tl.store(lse_ptr + offs, m + tl.log(a), mask=mask)
+    _store_output(q_ptr, out_ptr, lse_ptr, (y * X + cols)[:, None] * D + chans[None, :], mask, m, a, s, GATED, STORE_LSE)
 
 
 @triton.jit
@@ -217,14 +221,8 @@ def _backward_kernel(
             if W_GRAD:
                 tl.atomic_add(dw_ptr + chans * SIZE * SIZE + tap, tl.sum(r, 0), mask=chans < D)
     mask = (cols < X)[:, None] & (chans < D)[None, :]
-    offs = (y * X + cols)[:, None] * D + chans[None, :]
-    tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
-    tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
-    if GATED:
-        gate = tl.sigmoid(tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32))
-        grad = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        out = tl.load(out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(dq_ptr + offs, (grad * out * (1.0 - gate)).to(dq_ptr.dtype.element_ty), mask=mask)
+    _store_gradients(q_ptr, out_ptr, dout_ptr, dq_ptr, dk_ptr, dv_ptr, (y * X + cols)[:, None] * D + chans[None, :],
+                     mask, dk, dv, GATED)
 
 
 # ------------------------------------------------------------------------------ launch

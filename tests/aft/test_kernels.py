@@ -34,12 +34,13 @@ Case = tuple[Callable[..., Tensor], Callable[..., Tensor], list[Tensor]]
 VARIANTS = ["simple", "simple_ungated", "local_factorized", "local_dense", "conv1d", "conv1d_kernel_only"]
 
 
-def test_interpreted_kernels() -> None:
-    """Run this file under the Triton interpreter (the rest of the suite stays compiled-free)."""
+def run_interpreted(test_file: str, min_passed: int) -> None:
+    """Run ``test_file`` under the Triton interpreter in a subprocess (the rest of the suite
+    stays compiled-free) and check that at least ``min_passed`` of its tests passed."""
     if INTERPRETED:
         pytest.skip("this is the interpreted run")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-o", "addopts="],
+        [sys.executable, "-m", "pytest", test_file, "-q", "-p", "no:cacheprovider", "-o", "addopts="],
         env={**os.environ, "TRITON_INTERPRET": "1"},
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
@@ -47,7 +48,12 @@ def test_interpreted_kernels() -> None:
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     passed = re.search(r"(\d+) passed", result.stdout)
-    assert passed and int(passed.group(1)) >= 30, result.stdout[-2000:]
+    assert passed and int(passed.group(1)) >= min_passed, result.stdout[-2000:]
+
+
+def test_interpreted_kernels() -> None:
+    """This file under the Triton interpreter."""
+    run_interpreted(__file__, min_passed=30)
 
 
 # ------------------------------------------------------------------------------ helpers

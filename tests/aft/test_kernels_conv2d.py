@@ -9,12 +9,6 @@ aft.functional (itself checked against the dense reference in test_functional.py
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import Tensor
@@ -22,7 +16,7 @@ from torch import Tensor
 from aft import functional as AF
 from aft import kernels
 from tests.aft.reference import conv2d_bias, reference_aft
-from tests.aft.test_kernels import INTERPRETED, Case, _assert_close, _blocks, _check, _randn, interpreted, on_cuda
+from tests.aft.test_kernels import Case, _assert_close, _blocks, _check, _randn, interpreted, on_cuda, run_interpreted
 
 B, Y, X, D, HEADS, SIZE = 1, 5, 6, 4, 2, 3  # the interpreter's cost grows with Y X D S^2
 CASES = {
@@ -36,19 +30,8 @@ CASES = {
 
 
 def test_interpreted_kernels() -> None:
-    """Run this file under the Triton interpreter (the rest of the suite stays compiled-free)."""
-    if INTERPRETED:
-        pytest.skip("this is the interpreted run")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-o", "addopts="],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    passed = re.search(r"(\d+) passed", result.stdout)
-    assert passed and int(passed.group(1)) >= 18, result.stdout[-2000:]
+    """This file under the Triton interpreter."""
+    run_interpreted(__file__, min_passed=18)
 
 
 # ------------------------------------------------------------------------------ helpers

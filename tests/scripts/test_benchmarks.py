@@ -31,10 +31,14 @@ def run_script(name: str, out: Path, *args: str) -> dict:
 def test_bench_ops_records_every_operator_at_every_length(tmp_path: Path) -> None:
     record = run_script(
         "bench_ops.py", tmp_path / "ops.json", "--batch", "1", "--dim", "16", "--heads", "2", "--bias-dim", "4",
-        "--lengths", "32", "64",
+        "--lengths", "36", "64",
     )
     ops = {row["op"] for row in record["rows"]}
     assert {"aft_simple", "aft_local_w32", "aft_conv1d_k32_h8", "aft_full", "attention_sdpa_h8"} <= ops
+    bidirectional = {"aft_conv2d_k7_h8_bidirectional", "attention_sdpa_h8_bidirectional"}
+    assert {(row["op"], row["T"]) for row in record["rows"] if row["op"] in bidirectional} == {
+        (op, T) for op in bidirectional for T in (36, 64)
+    }
     assert all(row["saved_bytes"] > 0 and row["seconds"] > 0 for row in record["rows"])
     assert record["bandwidth"] is None  # copy bandwidth is a CUDA measurement
 
