@@ -19,7 +19,8 @@ Variants and how they are computed (memory for autograd in brackets):
   block by block with matrix products, with its own backward [O(T d + T s)].
 * :func:`aft_conv1d`  Eq. 6 with a Toeplitz bias per head; the same banded machinery.
 * :func:`aft_conv2d`  Eq. 6 on a 2-d grid: a depthwise ``conv2d`` inside the kernel plus
-  global sums over the rows above/below and the columns left/right of it [O(Y X d)].
+  global sums over the rows above/below and the columns left/right of it, with its own
+  backward [O(Y X d)].
 
 Numerics. Exponentials are taken after subtracting separable shifts (a row max of the
 bias, a per-channel max of the keys per block), so nothing overflows; float32 products of
@@ -478,7 +479,7 @@ class _BandedAverage(torch.autograd.Function):
     lse[t])`` and ``G = dL/davg``::
 
         dv[t']    = sum_t p[t, t'] G[t]
-        dk[t']    = sum_(c in head) v[t'] dv[t'] - sum_t p[t, t'] G[t] avg[t]
+        dk[t']    = sum_(c in head) v[t'] dv[t'] - sum_t p[t, t'] sum_(c in head) G[t] avg[t]
         dw[t, t'] = sum_c p[t, t'] G[t] (v[t'] - avg[t])     (band entries only)
 
     Outside the band (bias 0) the sums over ``t`` are log-space scans
@@ -504,40 +505,39 @@ class _BandedAverage(torch.autograd.Function):
         D = v.shape[-1]
         G = D // Hk
         C, n, width = _band_geometry(T, window, causal)
-        weighted = grad * avg
+        weighted = (grad * avg).view(B, T, Hk, G).sum(-1)  # per key head
         if global_connectivity:
-            keys, lse_c = _per_channel(k, G), _per_channel(lse, G)
-            dv = _query_sums(grad, keys, lse_c, window, causal)
-            d_avg = _query_sums(weighted, keys, lse_c, window, causal)
+            dv = _query_sums(grad, _per_channel(k, G), _per_channel(lse, G), window, causal)
+            d_avg = _query_sums(weighted, k, lse, window, causal)
         else:
-            dv, d_avg = torch.zeros_like(v), torch.zeros_like(v)
+            dv, d_avg = torch.zeros_like(v), torch.zeros_like(k)
 
         ek, key_shift = _key_blocks(k, window, causal)  # (B, n, Hk, Wd), (B, n, Hk, 1)
         ew, bias_shift = _shifted_exp(bias)
         rows = lambda x, fill=0.0: F.pad(x, (0, 0, 0, n * C - T), value=fill).view(B, n, C, -1)  # noqa: E731
-        scale = _per_channel(torch.exp(_block_shift(bias_shift, key_shift) - rows(lse, -_NEG)), G)  # (B, n, C, D)
-        r_grad, r_avg = scale * rows(grad), scale * rows(weighted)
+        scale = torch.exp(_block_shift(bias_shift, key_shift) - rows(lse, -_NEG))  # (B, n, C, Hk)
+        r_grad, r_avg = _per_channel(scale, G) * rows(grad), scale * rows(weighted)
         ek_c = _per_channel(ek, G, dim=2).transpose(-1, -2)  # (B, n, Wd, D)
         ekv = ek_c * _value_blocks(v, window, causal).transpose(-1, -2)
         if bias.shape[0] == 1:
             e = ew[0].transpose(-1, -2)  # (n or 1, Wd, C)
-            s_grad, s_avg = e @ r_grad, e @ r_avg  # (B, n, Wd, D)
-            dbias = ew[0] * (r_grad @ ekv.transpose(-1, -2) - r_avg @ ek_c.transpose(-1, -2))
+            s_grad, s_avg = e @ r_grad, e @ r_avg  # (B, n, Wd, D), (B, n, Wd, Hk)
+            dbias = ew[0] * (r_grad @ ekv.transpose(-1, -2) - r_avg @ ek)
             dbias = dbias.sum(0, keepdim=True)
         else:
             e = ew.expand(-1, n, -1, -1)
-            r_grad, r_avg = r_grad.view(B, n, C, Hk, G), r_avg.view(B, n, C, Hk, G)
+            r_grad = r_grad.view(B, n, C, Hk, G)
             s_grad = torch.einsum("hncw,bnchg->bnwhg", e, r_grad).reshape(B, n, width, D)
-            s_avg = torch.einsum("hncw,bnchg->bnwhg", e, r_avg).reshape(B, n, width, D)
+            s_avg = torch.einsum("hncw,bnch->bnwh", e, r_avg)
             dbias = e * (
                 torch.einsum("bnchg,bnwhg->hncw", r_grad, ekv.view(B, n, width, Hk, G))
-                - torch.einsum("bnch,bnhw->hncw", r_avg.sum(-1), ek)
+                - torch.einsum("bnch,bnhw->hncw", r_avg, ek)
             )
         if dbias.shape[1] != bias.shape[1]:
             dbias = dbias.sum(1, keepdim=True)
         dv = dv + _overlap_add(ek_c * s_grad, T, window)
-        d_avg = d_avg + _overlap_add(ek_c * s_avg, T, window)
-        dk = (v * dv - d_avg).view(B, T, Hk, G).sum(-1)
+        d_avg = d_avg + _overlap_add(ek.transpose(-1, -2) * s_avg, T, window)
+        dk = (v * dv).view(B, T, Hk, G).sum(-1) - d_avg
         return dk, dv, dbias if ctx.needs_input_grad[2] else None, None, None, None
 
 
@@ -656,10 +656,11 @@ def _outside_window_logsumexp(x: Tensor, window: int, causal: bool) -> Tensor:
         ``(B, T, C)``, ``_NEG`` where the set is empty.
     """
     T = x.shape[1]
-    empty = torch.full_like(x, _NEG)
     if window >= T:
-        return empty
-    prefix = F.pad(torch.logcumsumexp(x, dim=1)[:, : T - window], (0, 0, window, 0), value=_NEG)
+        return torch.full_like(x, _NEG)
+    prefix = torch.logcumsumexp(x, dim=1)
+    if window > 0:
+        prefix = F.pad(prefix[:, : T - window], (0, 0, window, 0), value=_NEG)
     if causal:
         return prefix
     suffix = torch.logcumsumexp(x.flip(1), dim=1).flip(1)[:, window:]
@@ -670,30 +671,94 @@ def _outside_window_logsumexp(x: Tensor, window: int, causal: bool) -> Tensor:
 
 
 def _conv2d_sums(k: Tensor, v: Tensor, w: Tensor, global_connectivity: bool) -> Tensor | None:
-    """AFT-conv2d weighted average; ``None`` if underflowed.
+    """AFT-conv2d weighted average ``(B, Y, X, D)``; ``None`` if underflowed.
 
-    Inside the kernel: depthwise ``conv2d`` of ``exp(k) v`` and ``exp(k)`` with ``exp(w)``.
-    Outside it: sums of the same terms over the rows above and below the kernel and over
-    the columns left and right of it within its rows (:func:`_outside_kernel_sums`).
+    Differentiable in ``k``, ``v`` and ``w`` through :class:`_Conv2dAverage`.
     """
-    B, Y, X, D = v.shape
-    H, S = w.shape[0], w.shape[-1]
-    G = D // H
-    kc, vc = k.permute(0, 3, 1, 2), v.permute(0, 3, 1, 2)  # (B, H, Y, X), (B, D, Y, X)
-    ek = torch.exp(kc - kc.detach().amax(dim=(2, 3), keepdim=True))
-    bias_shift = w.detach().amax(dim=(1, 2), keepdim=True)  # (H, 1, 1)
-    ew = torch.exp(w - bias_shift).unsqueeze(1)  # (H, 1, S, S)
-    ekv = _per_channel(ek, G, dim=1) * vc
-    num = F.conv2d(ekv, _per_channel(ew, G, dim=0), padding=S // 2, groups=D)
-    den = F.conv2d(ek, ew, padding=S // 2, groups=H)
-    if global_connectivity:
-        ref = bias_shift.clamp(min=0.0).unsqueeze(0)  # (1, H, 1, 1)
-        inside, outside = torch.exp(bias_shift.unsqueeze(0) - ref), torch.exp(-ref)
-        den = den * inside + _outside_kernel_sums(ek, S // 2) * outside
-        num = num * _per_channel(inside, G, 1) + _outside_kernel_sums(ekv, S // 2) * _per_channel(outside, G, 1)
-    if not bool((den >= _MIN_SHIFTED_DENOMINATOR).all()):
+    try:
+        return _Conv2dAverage.apply(k, v, w, global_connectivity)
+    except _Underflow:
         return None
-    return (num / _per_channel(den, G, dim=1)).permute(0, 2, 3, 1)
+
+
+class _Conv2dAverage(torch.autograd.Function):
+    """AFT-conv2d weighted average, ``(B, Y, X, D)``; raises :class:`_Underflow`.
+
+    Forward. With ``ek = exp(k - max k)`` per head and ``ew = exp(w - max w)`` per head:
+    inside the kernel a depthwise ``conv2d`` of ``ek v`` and ``ek`` with ``ew``; outside it
+    sums of the same terms over the rows above and below the kernel and the columns left
+    and right of it within its rows (:func:`_outside_kernel_sums`), each side scaled against
+    a common reference.
+
+    Backward. Saves ``k``, ``v``, ``w``, the average and the shifted denominator ``den``
+    ``(B, H, Y, X)``, no graph of the convolutions. The forward map is linear in ``ek v``
+    and ``ek``, so with ``G = dL/davg``::
+
+        dv = ek * A^T(G / den),   dk = sum_(c in head) (v dv) - ek * A^T(sum_(c in head) G avg / den)
+
+    where ``A^T`` is its adjoint: a correlation with the flipped kernel inside the box, and
+    the same outside-box sums (``t'`` is outside ``t``'s box iff ``t`` is outside ``t'``'s).
+    ``dw`` is the depthwise weight gradient of the same two convolutions, times ``ew``.
+    """
+
+    @staticmethod
+    def forward(ctx, k: Tensor, v: Tensor, w: Tensor, global_connectivity: bool) -> Tensor:  # noqa: D102
+        H, S, G = w.shape[0], w.shape[-1], v.shape[-1] // w.shape[0]
+        ek, ew, inside, outside = _conv2d_factors(k, w, global_connectivity)
+        ekv = _per_channel(ek, G, dim=1) * v.permute(0, 3, 1, 2)
+        num = F.conv2d(ekv, _per_channel(ew, G, dim=0), padding=S // 2, groups=v.shape[-1])
+        den = F.conv2d(ek, ew, padding=S // 2, groups=H) * inside
+        num = num * _per_channel(inside, G, 1)
+        if global_connectivity:
+            den = den + _outside_kernel_sums(ek, S // 2) * outside
+            num = num + _outside_kernel_sums(ekv, S // 2) * _per_channel(outside, G, 1)
+        if not bool((den >= _MIN_SHIFTED_DENOMINATOR).all()):
+            raise _Underflow
+        avg = (num / _per_channel(den, G, dim=1)).permute(0, 2, 3, 1)
+        ctx.save_for_backward(k, v, w, avg, den)
+        ctx.global_connectivity = global_connectivity
+        return avg
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
+        k, v, w, avg, den = ctx.saved_tensors
+        B, Y, X, D = v.shape
+        H, S = w.shape[0], w.shape[-1]
+        G, r = D // H, S // 2
+        ek, ew, inside, outside = _conv2d_factors(k, w, ctx.global_connectivity)
+        grad_c, avg_c, v_c = (x.permute(0, 3, 1, 2) for x in (grad, avg, v))  # (B, D, Y, X)
+        r_grad = grad_c / _per_channel(den, G, dim=1)  # dL/dnum
+        r_avg = (grad_c * avg_c).reshape(B, H, G, Y, X).sum(2) / den  # -dL/dden
+        ew_c = _per_channel(ew, G, dim=0)  # (D, 1, S, S)
+
+        def adjoint(x: Tensor, kernel: Tensor, inside: Tensor, outside: Tensor) -> Tensor:
+            """``A^T x`` for ``x`` ``(B, channels, Y, X)`` and a ``(channels, 1, S, S)`` kernel."""
+            out = F.conv2d(x, kernel.flip(-1, -2), padding=r, groups=x.shape[1]) * inside
+            if ctx.global_connectivity:
+                out = out + _outside_kernel_sums(x, r) * outside
+            return out
+
+        dv = _per_channel(ek, G, dim=1) * adjoint(r_grad, ew_c, _per_channel(inside, G, 1), _per_channel(outside, G, 1))
+        dk = (v_c * dv).reshape(B, H, G, Y, X).sum(2) - ek * adjoint(r_avg, ew, inside, outside)
+        dw = None
+        if ctx.needs_input_grad[2]:
+            ekv = _per_channel(ek, G, dim=1) * v_c
+            d_num = torch.nn.grad.conv2d_weight(ekv, ew_c.shape, r_grad, padding=r, groups=D)
+            d_den = torch.nn.grad.conv2d_weight(ek, ew.shape, r_avg, padding=r, groups=H)
+            dw = (ew * inside[0, :, :, :, None] * (d_num.view(H, G, S, S).sum(1, keepdim=True) - d_den)).squeeze(1)
+        return dk.permute(0, 2, 3, 1), dv.permute(0, 2, 3, 1), dw, None
+
+
+def _conv2d_factors(k: Tensor, w: Tensor, global_connectivity: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Shifted exponentials of AFT-conv2d: ``ek`` ``(B, H, Y, X)``, ``ew`` ``(H, 1, S, S)``, and the
+    ``(1, H, 1, 1)`` scales of the terms inside and outside the kernel against a common reference."""
+    kc = k.permute(0, 3, 1, 2)
+    ek = torch.exp(kc - kc.amax(dim=(2, 3), keepdim=True))
+    bias_shift = w.amax(dim=(1, 2), keepdim=True)  # (H, 1, 1)
+    ew = torch.exp(w - bias_shift).unsqueeze(1)
+    ref = bias_shift.clamp(min=0.0) if global_connectivity else bias_shift
+    return ek, ew, torch.exp(bias_shift - ref).unsqueeze(0), torch.exp(-ref).unsqueeze(0)
 
 
 def _outside_kernel_sums(x: Tensor, radius: int) -> Tensor:

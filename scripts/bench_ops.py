@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
 from benchlib import add_common_arguments, median_seconds, saved_bytes, write_record
 
-from aft import functional as AF
+from aft import functional
 from aft import kernels
 
 Op = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -43,8 +44,11 @@ MIN_TENSORS = {"forward": 5, "backward": 9}
 BIDIRECTIONAL = "_bidirectional"  # in the names of the non-causal ops, compared with non-causal attention
 
 
-def build_ops(T: int, D: int, heads: int, bias_dim: int, device: torch.device) -> dict[str, tuple[Op, int]]:
-    """Operators at length ``T``: ``name -> (fn(q, k, v), key channels)``, all causal."""
+def build_ops(
+    T: int, D: int, heads: int, bias_dim: int, device: torch.device, AF: ModuleType = functional
+) -> dict[str, tuple[Op, int]]:
+    """Operators at length ``T``: ``name -> (fn(q, k, v), key channels)``; ``AF`` provides
+    the AFT functions (another version of :mod:`aft.functional` in ``bench_revision.py``)."""
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def param(*shape: int, std: float = 0.1) -> torch.Tensor:
@@ -80,6 +84,13 @@ def build_ops(T: int, D: int, heads: int, bias_dim: int, device: torch.device) -
         ops.update(with_kernel_variants({f"aft_conv2d_k7_h8{BIDIRECTIONAL}": (conv2d, heads)}, device))
         ops[f"attention_sdpa_h8{BIDIRECTIONAL}"] = (lambda q, k, x: sdpa(q, k, x, causal=False), D)
     return ops
+
+
+def op_inputs(B: int, T: int, D: int, key_channels: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """``(q, k, v)`` leaves of shapes ``(B, T, D)``, ``(B, T, key_channels)``, ``(B, T, D)``."""
+    g = torch.Generator(device="cpu").manual_seed(1)
+    shapes = [(B, T, D), (B, T, key_channels), (B, T, D)]
+    return tuple(torch.randn(s, generator=g).to(device).requires_grad_() for s in shapes)
 
 
 def with_kernel_variants(ops: dict[str, tuple[Op, int]], device: torch.device) -> dict[str, tuple[Op, int]]:
@@ -132,9 +143,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     for T in args.lengths:
         ops = build_ops(T, args.dim, args.heads, args.bias_dim, device)
         for name, (fn, key_channels) in ops.items():
-            g = torch.Generator(device="cpu").manual_seed(1)
-            shapes = [(args.batch, T, args.dim), (args.batch, T, key_channels), (args.batch, T, args.dim)]
-            inputs = tuple(torch.randn(s, generator=g).to(device).requires_grad_() for s in shapes)
+            inputs = op_inputs(args.batch, T, args.dim, key_channels, device)
             row = {"op": name, "T": T}
             try:
                 row["saved_bytes"] = saved_bytes(lambda: fn(*inputs))

@@ -1,9 +1,9 @@
 """The PyTorch path of aft.functional at a git revision against the working tree, alternating.
 
 Loads ``aft/functional.py`` as it was at ``--rev`` next to the current one and times forward +
-backward of the causal AFT operators (the same shapes as ``bench_ops.py``) taking turns,
-old then new, so that both see the same machine load; it also counts the bytes each saves
-for backward. Both run with ``aft.kernels.enabled(False)``: this compares the PyTorch code,
+backward of the AFT operators of ``bench_ops.py`` (same shapes and inputs) taking turns, old
+then new, so that both see the same machine load; it also counts the bytes each saves for
+backward. Both run with ``aft.kernels.enabled(False)``: this compares the PyTorch code,
 not the Triton kernels. Use it to check that a change to the PyTorch path made it faster.
 
     python scripts/bench_revision.py --rev 37fe27a --out results/bench/revision_cpu.json
@@ -21,18 +21,19 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
+from bench_ops import build_ops, op_inputs
 from benchlib import add_common_arguments, saved_bytes, sync, write_record
 
 from aft import functional as current
 from aft import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
-Op = Callable[[ModuleType], torch.Tensor]
 
 
 def functional_at(rev: str) -> ModuleType:
@@ -50,32 +51,14 @@ def functional_at(rev: str) -> ModuleType:
     return module
 
 
-def build_ops(B: int, T: int, D: int, heads: int, bias_dim: int, device: torch.device) -> dict[str, Op]:
-    """Causal operators at length ``T``, each ``fn(functional module) -> output``."""
-    g = torch.Generator().manual_seed(0)
-
-    def tensor(*shape: int, std: float = 1.0) -> torch.Tensor:
-        return (torch.randn(*shape, generator=g) * std).to(device).requires_grad_()
-
-    q, k, v = tensor(B, T, D), tensor(B, T, D), tensor(B, T, D)
-    u, f = tensor(T, bias_dim, std=0.1), tensor(T, bias_dim, std=0.1)
-    kernel = tensor(heads, 32, std=0.1)
-    return {
-        "aft_simple": lambda AF: AF.aft_simple(q, k, v, causal=True),
-        "aft_local_w32": lambda AF: AF.aft_local(q, k, v, (u, f), 32, causal=True),
-        "aft_local_w256": lambda AF: AF.aft_local(q, k, v, (u, f), 256, causal=True),
-        "aft_conv1d_k32_h8": lambda AF: AF.aft_conv1d(q, k[..., :heads], v, kernel, causal=True),
-    }
-
-
-def alternate(fn: Op, modules: dict[str, ModuleType], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of ``fn(module).sum().backward()`` per module, the modules taking turns."""
-    times: dict[str, list[float]] = {name: [] for name in modules}
+def alternate(fns: dict[str, Callable[[], torch.Tensor]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of ``fn().sum().backward()`` per entry, the entries taking turns."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats + 1):  # the first round warms up
-        for name, module in modules.items():
+        for name, fn in fns.items():
             sync(device)
             start = time.perf_counter()
-            fn(module).sum().backward()
+            fn().sum().backward()
             sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t[1:]) for name, t in times.items()}
@@ -96,13 +79,19 @@ def main() -> None:
     rows = []
     with kernels.enabled(False):
         for T in args.lengths:
-            for op, fn in build_ops(args.batch, T, args.dim, args.heads, args.bias_dim, device).items():
-                seconds = alternate(fn, modules, args.repeats, device)
-                saved = {name: saved_bytes(lambda m=module: fn(m)) for name, module in modules.items()}
+            versions = {name: build_ops(T, args.dim, args.heads, args.bias_dim, device, module)
+                        for name, module in modules.items()}
+            for op, (_, key_channels) in versions["working tree"].items():
+                if op.startswith("attention") or op.endswith("[triton]"):  # both run the PyTorch path here
+                    continue
+                inputs = op_inputs(args.batch, T, args.dim, key_channels, device)
+                fns = {name: partial(ops[op][0], *inputs) for name, ops in versions.items()}
+                seconds = alternate(fns, args.repeats, device)
+                saved = {name: saved_bytes(fn) for name, fn in fns.items()}
                 old, new = seconds[args.rev], seconds["working tree"]
                 rows.append({"op": op, "T": T, "seconds": seconds, "saved_bytes": saved, "time_ratio": new / old})
                 print(
-                    f"{op:18s} T={T:<6d} {args.rev}: {old * 1e3:8.1f} ms {saved[args.rev] / 2**20:8.1f} MiB   "
+                    f"{op:32s} T={T:<6d} {args.rev}: {old * 1e3:8.1f} ms {saved[args.rev] / 2**20:8.1f} MiB   "
                     f"working tree: {new * 1e3:8.1f} ms {saved['working tree'] / 2**20:8.1f} MiB   "
                     f"time x{new / old:.2f}, saved bytes x{saved['working tree'] / saved[args.rev]:.2f}",
                     flush=True,

@@ -124,6 +124,45 @@ def test_conv2d(grid: tuple[int, int], kernel: int, global_connectivity: bool) -
     _assert_close(out, ref.reshape(B, Y, X, D))
 
 
+@pytest.mark.parametrize(("heads", "kernel", "global_connectivity"), [(4, 3, True), (D, 5, True), (4, 3, False)])
+@pytest.mark.parametrize("scale", [1.0, 5.0])
+def test_conv2d_gradients_match_float64(
+    heads: int, kernel: int, global_connectivity: bool, scale: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """float32 gradients of AFT-conv2d (its own backward) against float64, on the fast path."""
+    monkeypatch.setattr(AF, "_exact_rows", lambda *args: pytest.fail("took the exact fallback"))
+    Y, X = 5, 6
+    g = torch.Generator().manual_seed(2)
+    q, v = torch.randn(B, Y, X, D, generator=g), torch.randn(B, Y, X, D, generator=g)
+    k = torch.randn(B, Y, X, heads, generator=g) * scale
+    w = torch.randn(heads, kernel, kernel, generator=g) * scale
+    inputs = [t.requires_grad_() for t in (q, k, v, w)]
+    grad = torch.randn(B, Y, X, D, generator=g)
+    got = torch.autograd.grad(AF.aft_conv2d(*inputs, global_connectivity), inputs, grad)
+    q64, k64, v64, w64 = (t.detach().double().requires_grad_() for t in inputs)
+    bias = conv2d_bias(w64, Y, X, global_connectivity)
+    ref = reference_aft(q64.reshape(B, -1, D), k64.reshape(B, -1, heads), v64.reshape(B, -1, D), bias, False)
+    want = torch.autograd.grad(ref.reshape(B, Y, X, D), (q64, k64, v64, w64), grad.double())
+    for g32, g64 in zip(got, want, strict=True):
+        assert (g32.double() - g64).abs().max() <= 2e-5 * (1 + scale) * g64.abs().max()
+
+
+def test_conv2d_saves_no_graph_of_its_convolutions() -> None:
+    """AFT-conv2d's PyTorch path keeps k, v, w, the average, its denominator and sigmoid(q)."""
+    Y, X, heads = 16, 16, 4
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    q, v = (torch.randn(1, Y, X, 64, requires_grad=True) for _ in range(2))
+    k, w = torch.randn(1, Y, X, heads, requires_grad=True), torch.randn(heads, 7, 7, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        AF.aft_conv2d(q, k, v, w)
+    assert sum(saved.values()) == 3 * q.nbytes + 2 * k.nbytes + w.nbytes  # v, avg, sigmoid(q); k, den; w
+
+
 def test_conv2d_extreme_scale() -> None:
     Y, X, scale = 5, 6, 100.0
     q, v = torch.randn(B, Y, X, D), torch.randn(B, Y, X, D)

@@ -93,6 +93,7 @@ def test_parameter_counts() -> None:
 
 
 def test_conv2d_any_grid_and_global_connectivity() -> None:
+    torch.manual_seed(0)
     local = _randomize(AFTConv2d(D, heads=4, kernel_size=3, global_connectivity=False))
     glob = _randomize(AFTConv2d(D, heads=4, kernel_size=3))
     for grid in ((5, 7), (14, 14), (24, 24)):
@@ -101,8 +102,9 @@ def test_conv2d_any_grid_and_global_connectivity() -> None:
     x = torch.randn(1, 9, 9, D)
     x2 = x.clone()
     x2[:, 8, 8] += 5.0  # far outside a 3x3 kernel of (0, 0)
-    # (the key shift is a max over the grid, so only rounding may change)
-    torch.testing.assert_close(local(x)[:, 0, 0], local(x2)[:, 0, 0], rtol=0, atol=1e-6)
+    # (the key shift is a max over the grid, so only rounding may change: up to ~1.5e-6 over
+    # 200 random draws, against > 1e-3 with global connectivity)
+    torch.testing.assert_close(local(x)[:, 0, 0], local(x2)[:, 0, 0], rtol=0, atol=1e-5)
     assert (glob(x)[:, 0, 0] - glob(x2)[:, 0, 0]).abs().max() > 1e-3
 
 

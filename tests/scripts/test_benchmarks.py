@@ -46,9 +46,11 @@ def test_bench_ops_records_every_operator_at_every_length(tmp_path: Path) -> Non
 def test_bench_revision_times_both_versions_of_every_operator(tmp_path: Path) -> None:
     record = run_script(
         "bench_revision.py", tmp_path / "revision.json", "--rev", "HEAD", "--batch", "1", "--dim", "16",
-        "--heads", "2", "--bias-dim", "4", "--lengths", "32",
+        "--heads", "2", "--bias-dim", "4", "--lengths", "36",
     )
-    assert {row["op"] for row in record["rows"]} == {"aft_simple", "aft_local_w32", "aft_local_w256", "aft_conv1d_k32_h8"}
+    assert {row["op"] for row in record["rows"]} == {
+        "aft_simple", "aft_local_w32", "aft_local_w256", "aft_conv1d_k32_h8", "aft_full", "aft_conv2d_k7_h8_bidirectional"
+    }
     for row in record["rows"]:
         assert set(row["seconds"]) == set(row["saved_bytes"]) == {"HEAD", "working tree"}
         assert min(row["saved_bytes"].values()) > 0 and row["time_ratio"] > 0
