@@ -428,11 +428,8 @@ def _local_band_blocks(bias: Tensor | FactorizedBias, T: int, window: int, causa
     valid = _in_band(offsets, window, causal) & (rows < T) & (cols >= 0) & (cols < T)
     if isinstance(bias, tuple):
         u, v = bias
-        pad_rows = n * C - T
-        u_blocks = F.pad(u, (0, 0, 0, pad_rows)).view(n, C, -1)
-        v_padded = F.pad(v, (0, 0, window - 1, pad_rows + (0 if causal else window - 1)))
-        v_blocks = v_padded.unfold(0, width, C).transpose(1, 2)  # (n, Wd, d')
-        values = u_blocks @ v_blocks.transpose(1, 2)
+        u_blocks = F.pad(u, (0, 0, 0, n * C - T)).view(n, C, -1)
+        values = u_blocks @ _band_columns(v, 0, window, causal)  # (n, C, d') @ (n, d', Wd)
     else:
         values = bias[rows.clamp(max=T - 1), cols.clamp(0, T - 1)]
     return values.masked_fill(~valid, -math.inf).unsqueeze(0)
@@ -514,11 +511,15 @@ class _BandedAverage(torch.autograd.Function):
 
         ek, key_shift = _key_blocks(k, window, causal)  # (B, n, Hk, Wd), (B, n, Hk, 1)
         ew, bias_shift = _shifted_exp(bias)
-        rows = lambda x, fill=0.0: F.pad(x, (0, 0, 0, n * C - T), value=fill).view(B, n, C, -1)  # noqa: E731
+
+        def rows(x: Tensor, fill: float = 0.0) -> Tensor:
+            """``(B, T, F) -> (B, n, C, F)``, ``fill`` past ``T``."""
+            return F.pad(x, (0, 0, 0, n * C - T), value=fill).view(B, n, C, -1)
+
         scale = torch.exp(_block_shift(bias_shift, key_shift) - rows(lse, -_NEG))  # (B, n, C, Hk)
         r_grad, r_avg = _per_channel(scale, G) * rows(grad), scale * rows(weighted)
         ek_c = _per_channel(ek, G, dim=2).transpose(-1, -2)  # (B, n, Wd, D)
-        ekv = ek_c * _value_blocks(v, window, causal).transpose(-1, -2)
+        ekv = ek_c * _band_columns(v, 1, window, causal).transpose(-1, -2)
         if bias.shape[0] == 1:
             e = ew[0].transpose(-1, -2)  # (n or 1, Wd, C)
             s_grad, s_avg = e @ r_grad, e @ r_avg  # (B, n, Wd, D), (B, n, Wd, Hk)
@@ -558,7 +559,7 @@ def _banded_forward(
     log_z_out = _outside_window_logsumexp(k, window, causal) if global_connectivity else torch.full_like(k, _NEG)
     ek, key_shift = _key_blocks(k, window, causal)
     ew, bias_shift = _shifted_exp(bias)
-    ekv = _per_channel(ek, G, dim=2) * _value_blocks(v, window, causal)  # (B, n, D, Wd)
+    ekv = _per_channel(ek, G, dim=2) * _band_columns(v, 1, window, causal)  # (B, n, D, Wd)
     if bias.shape[0] == 1:
         num = ew[0] @ ekv.transpose(-1, -2)  # (B, n, C, D)
         den = ew[0] @ ek.transpose(-1, -2)  # (B, n, C, Hk)
@@ -581,22 +582,22 @@ def _banded_forward(
     return num / den, lse
 
 
+def _band_columns(x: Tensor, dim: int, window: int, causal: bool, fill: float = 0.0) -> Tensor:
+    """Each row block's band of ``x`` along ``dim`` (a view): block ``n``, column ``j`` is
+    position ``n C + j - (window - 1)``, ``fill`` outside ``[0, T)``. ``dim`` becomes the
+    block index and a last dimension of ``Wd`` columns is added: ``(B, T, F) -> (B, n, F, Wd)``
+    for ``dim=1``, ``(T, F) -> (n, F, Wd)`` for ``dim=0``."""
+    T = x.shape[dim]
+    C, n, width = _band_geometry(T, window, causal)
+    pad = [0, 0] * (x.dim() - 1 - dim) + [window - 1, n * C - T + (0 if causal else window - 1)]
+    return F.pad(x, pad, value=fill).unfold(dim, width, C)
+
+
 def _key_blocks(k: Tensor, window: int, causal: bool) -> tuple[Tensor, Tensor]:
     """Shifted ``exp`` of each row block's keys, ``(B, n, Hk, Wd)``, and the shifts ``(B, n, Hk, 1)``."""
-    T = k.shape[1]
-    C, n, width = _band_geometry(T, window, causal)
-    pad = (window - 1, n * C - T + (0 if causal else window - 1))
-    blocks = F.pad(k, (0, 0, *pad), value=_NEG).unfold(1, width, C)
+    blocks = _band_columns(k, 1, window, causal, fill=_NEG)
     shift = blocks.amax(dim=-1, keepdim=True)
     return torch.exp(blocks - shift), shift
-
-
-def _value_blocks(v: Tensor, window: int, causal: bool) -> Tensor:
-    """Each row block's band of values, ``(B, n, D, Wd)`` (a view), 0 past the ends."""
-    T = v.shape[1]
-    C, n, width = _band_geometry(T, window, causal)
-    pad = (window - 1, n * C - T + (0 if causal else window - 1))
-    return F.pad(v, (0, 0, *pad)).unfold(1, width, C)
 
 
 def _shifted_exp(bias: Tensor) -> tuple[Tensor, Tensor]:

@@ -14,11 +14,9 @@ This is a benchmark, not a test: numbers depend on the machine.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -42,12 +40,8 @@ def functional_at(rev: str) -> ModuleType:
     if shown.returncode != 0:
         reason = (shown.stderr.strip().splitlines() or ["git failed"])[0]
         raise SystemExit(f"--rev {rev}: no aft/functional.py there ({reason}); pass a commit from `git log --oneline`")
-    source = shown.stdout
-    path = Path(tempfile.mkdtemp()) / f"functional_{rev}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = ModuleType(f"functional_{rev}")
+    exec(compile(shown.stdout, f"{rev}:aft/functional.py", "exec"), module.__dict__)
     return module
 
 

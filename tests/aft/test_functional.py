@@ -9,6 +9,7 @@ import torch
 
 from aft import functional as AF
 from tests.aft.reference import conv1d_bias, conv2d_bias, local_bias, reference_aft
+from tests.aft.saved import saved_bytes, saved_storages
 
 B, T, D = 2, 37, 8
 
@@ -150,17 +151,10 @@ def test_conv2d_gradients_match_float64(
 def test_conv2d_saves_no_graph_of_its_convolutions() -> None:
     """AFT-conv2d's PyTorch path keeps k, v, w, the average, its denominator and sigmoid(q)."""
     Y, X, heads = 16, 16, 4
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     q, v = (torch.randn(1, Y, X, 64, requires_grad=True) for _ in range(2))
     k, w = torch.randn(1, Y, X, heads, requires_grad=True), torch.randn(heads, 7, 7, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        AF.aft_conv2d(q, k, v, w)
-    assert sum(saved.values()) == 3 * q.nbytes + 2 * k.nbytes + w.nbytes  # v, avg, sigmoid(q); k, den; w
+    saved = saved_bytes(lambda: AF.aft_conv2d(q, k, v, w))
+    assert saved == 3 * q.nbytes + 2 * k.nbytes + w.nbytes  # v, avg, sigmoid(q); k, den; w
 
 
 def test_conv2d_extreme_scale() -> None:
@@ -286,17 +280,10 @@ def test_no_quadratic_tensor_saved_for_backward() -> None:
 def test_causal_simple_saves_only_its_inputs_output_and_normalizer() -> None:
     """The PyTorch path of causal AFT-simple keeps k, v, logcumsumexp(k), the average and, for the
     gate, sigmoid(q): five (B, T, D) tensors, as many as the fused kernels plus the gate's."""
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     q, k, v = (torch.randn(1, 256, 16, requires_grad=True) for _ in range(3))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = AF.aft_simple(q, k, v, causal=True)
+    out = AF.aft_simple(q, k, v, causal=True)
     assert out.grad_fn is not None
-    assert sum(saved.values()) <= 5 * q.numel() * q.element_size()
+    assert saved_bytes(lambda: AF.aft_simple(q, k, v, causal=True)) <= 5 * q.numel() * q.element_size()
 
 
 @pytest.mark.parametrize("scale", [1.0, 100.0])
@@ -363,16 +350,9 @@ def test_local_saves_five_tensors_and_the_band(causal: bool) -> None:
     """AFT-local's PyTorch path keeps k, v, the average, its normalizer and sigmoid(q), each
     (B, T, D), plus the (T, C + window) band and the factors' blocks: no T x window x D tensor."""
     n, d, window = 512, 64, 8
-    saved: dict[int, tuple[tuple[int, ...], int]] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        saved[t.untyped_storage().data_ptr()] = (tuple(t.shape), t.untyped_storage().nbytes())
-        return t
-
     q, k, v = (torch.randn(1, n, d, requires_grad=True) for _ in range(3))
     u, f = (torch.randn(n, 4, requires_grad=True) for _ in range(2))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        AF.aft_local(q, k, v, (u, f), window, causal)
+    saved = saved_storages(lambda: AF.aft_local(q, k, v, (u, f), window, causal))
     per_position = [nbytes for shape, nbytes in saved.values() if shape == (1, n, d)]
     assert len(per_position) <= 5
     band_bytes = n * (64 + 2 * window) * 4  # row blocks of 64 positions by their band's columns

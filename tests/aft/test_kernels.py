@@ -24,6 +24,7 @@ from torch import Tensor
 from aft import functional as AF
 from aft import kernels
 from tests.aft.reference import conv1d_bias, local_bias, reference_aft
+from tests.aft.saved import saved_bytes
 
 INTERPRETED = kernels.interpreting()
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs under TRITON_INTERPRET=1 in test_interpreted_kernels")
@@ -208,19 +209,9 @@ def test_saves_inputs_output_and_lse_only() -> None:
     """Autograd keeps q, k, v, the band, out and float32 lse: O(T D), nothing recomputable."""
     q, k, v = (_randn(B, T, D, seed=s).float().requires_grad_() for s in (1, 2, 3))
     u = _randn(T, 3, seed=4).float()
-    saved: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        kernels.aft_simple(q, k, v, True)
-    assert sum(saved.values()) == 5 * q.nbytes + 4  # + the 1-element placeholder band
-    saved.clear()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        kernels.aft_local(q, k, v, (u, u), 4, True)
-    assert sum(saved.values()) == 5 * q.nbytes + 64 * 4 * 4  # + the float32 band, T rows padded to 64, window 4
+    assert saved_bytes(lambda: kernels.aft_simple(q, k, v, True)) == 5 * q.nbytes + 4  # + the 1-element empty band
+    band = 64 * 4 * 4  # the float32 band: T rows padded to 64, window 4
+    assert saved_bytes(lambda: kernels.aft_local(q, k, v, (u, u), 4, True)) == 5 * q.nbytes + band
 
 
 @interpreted

@@ -16,6 +16,7 @@ from torch import Tensor
 from aft import functional as AF
 from aft import kernels
 from tests.aft.reference import conv2d_bias, reference_aft
+from tests.aft.saved import saved_bytes
 from tests.aft.test_kernels import Case, _assert_close, _blocks, _check, _randn, interpreted, on_cuda, run_interpreted
 
 B, Y, X, D, HEADS, SIZE = 1, 5, 6, 4, 2, 3  # the interpreter's cost grows with Y X D S^2
@@ -117,15 +118,7 @@ def test_rejects_rows_wider_than_a_tile() -> None:
 def test_saves_inputs_output_and_lse_only() -> None:
     """Autograd keeps q, k, v, w, out and float32 lse: O(Y X D), nothing recomputable."""
     q, k, v, w = (x.float().requires_grad_() for x in _case(1.0)[2])
-    saved: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        kernels.aft_conv2d(q, k, v, w)
-    assert sum(saved.values()) == 4 * q.nbytes + k.nbytes + w.nbytes  # q, v, out, lse; k; w
+    assert saved_bytes(lambda: kernels.aft_conv2d(q, k, v, w)) == 4 * q.nbytes + k.nbytes + w.nbytes  # q, v, out, lse; k; w
 
 
 @interpreted
