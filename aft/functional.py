@@ -12,11 +12,11 @@ Variants and how they are computed (memory for autograd in brackets):
 
 * :func:`aft_full`    Eq. 2. Two matrix products ``exp(w) @ (exp(k) * v)`` and
   ``exp(w) @ exp(k)`` [O(T^2 + T d)], in a few row blocks when causal.
-* :func:`aft_simple`  Eq. 5. A softmax over time, or a ``logcumsumexp`` scan when causal
-  [O(T d)].
-* :func:`aft_local`   Eq. 4. Positive terms only: log-space prefix (and suffix) sums over
-  the positions outside the window plus a banded ``exp(k + w)`` sum inside it, computed
-  block by block with matrix products, with its own backward [O(T d + T s)].
+* :func:`aft_simple`  Eq. 5. A softmax over time, or prefix sums when causal, with its own
+  backward [O(T d)].
+* :func:`aft_local`   Eq. 4. Positive terms only: prefix (and suffix) sums over the
+  positions outside the window plus a banded ``exp(k + w)`` sum inside it, computed block by
+  block with matrix products, with its own backward [O(T d + T s)].
 * :func:`aft_conv1d`  Eq. 6 with a Toeplitz bias per head; the same banded machinery.
 * :func:`aft_conv2d`  Eq. 6 on a 2-d grid: a depthwise ``conv2d`` inside the kernel plus
   global sums over the rows above/below and the columns left/right of it, with its own
@@ -25,9 +25,11 @@ Variants and how they are computed (memory for autograd in brackets):
 Numerics. Exponentials are taken after subtracting separable shifts (a row max of the
 bias, a per-channel max of the keys per block), so nothing overflows; float32 products of
 two shifted exponentials are exact unless the largest term of a sum is below ~e^-57 of
-its shift. That is checked on the computed denominators: if any is that small (keys and
-biases both of magnitude ~1e2 can do it) the call is recomputed by :func:`_exact_rows`,
-a row-chunked log-sum-exp that is exact for any scale and saves no T x T x d tensor.
+its shift. The prefix and suffix sums over whole sequences (bias 0) run in float64 against
+each channel's largest key, exact unless a sum lies ``_MAX_KEY_RANGE`` = 500 nats below it.
+Both are checked on the computed denominators: if one fails (keys and biases both of
+magnitude ~1e2 can do it) the call is recomputed by :func:`_exact_rows`, a row-chunked
+log-sum-exp that is exact for any scale and saves no T x T x d tensor.
 Under autocast the core runs in float32 and the result is cast back to ``v``'s dtype.
 
 Triton. :func:`aft_simple`, :func:`aft_local`, :func:`aft_conv1d` and :func:`aft_conv2d`
@@ -60,6 +62,9 @@ _MIN_SHIFTED_DENOMINATOR = 1e-25
 # Elements of the (B, chunk, T, channels) logits tensor of the exact path.
 _EXACT_CHUNK_ELEMENTS = 1 << 22
 _NEG = -1e30  # "minus infinity" for padded keys that keeps x - max finite
+# Largest gap (nats) between a channel's largest key and a sum of the global float64 scans
+# (:func:`_global_exp`); wider-spread keys take the exact path.
+_MAX_KEY_RANGE = 500.0
 
 FactorizedBias = tuple[Tensor, Tensor]
 """``(u, v)`` with shapes ``(T, d')`` each, standing for ``w = u @ v.T`` (Eq. 7)."""
@@ -100,8 +105,8 @@ def aft_simple(q: Tensor | None, k: Tensor, v: Tensor, causal: bool = False) -> 
 
     Args:
         q, k, v: ``(B, T, D)``; ``q=None`` drops the query gate.
-        causal: restrict the sums to ``t' <= t`` (a ``logcumsumexp`` scan: exact for
-            any key scale, O(T D) time and memory).
+        causal: restrict the sums to ``t' <= t`` (float64 prefix sums, O(T D) time and
+            memory; keys spread over more than 500 nats take the exact path).
 
     Returns:
         ``(B, T, D)``.
@@ -112,7 +117,10 @@ def aft_simple(q: Tensor | None, k: Tensor, v: Tensor, causal: bool = False) -> 
     with _float32_core(k) as cast:
         k32, v32 = cast(k), cast(v)
         if causal:
-            avg = _CausalSimpleAverage.apply(k32, v32)
+            try:
+                avg = _CausalSimpleAverage.apply(k32, v32)
+            except _Underflow:
+                avg = _exact_rows(k32, v32, lambda r0, r1: k32.new_zeros(1, r1 - r0, k32.shape[1]), causal)
         else:
             avg = (torch.softmax(k32, dim=1) * v32).sum(dim=1, keepdim=True)
             avg = avg.expand_as(v32)
@@ -321,21 +329,25 @@ def _check_heads(k: Tensor, v: Tensor, w: Tensor, ndim: int) -> tuple[int, int]:
 class _CausalSimpleAverage(torch.autograd.Function):
     """Causal AFT-simple average, ``avg[t] = sum_{t' <= t} exp(k[t'] - lse[t]) v[t']``, ``(B, T, D)``.
 
-    ``lse = logcumsumexp(k)`` over time. Saves ``k``, ``v``, ``lse`` and ``avg`` (four
-    ``(B, T, D)`` tensors) instead of autograd's graph of the scans. With
-    ``p[t, t'] = exp(k[t'] - lse[t])`` (``t' <= t``) and ``G = dL/davg``::
+    Raises :class:`_Underflow` when the keys span more than ``_MAX_KEY_RANGE`` (see
+    :func:`_global_exp`). ``lse`` is the log of ``sum_{t' <= t} exp(k[t'])``. Saves ``k``,
+    ``v``, ``lse`` and ``avg`` (four ``(B, T, D)`` tensors) instead of autograd's graph of
+    the scans. With ``p[t, t'] = exp(k[t'] - lse[t])`` (``t' <= t``) and ``G = dL/davg``::
 
         dv[t'] = exp(k[t']) sum_{t >= t'} exp(-lse[t]) G[t]
         dk[t'] = v[t'] dv[t'] - exp(k[t']) sum_{t >= t'} exp(-lse[t]) G[t] avg[t]
 
-    Every sum is taken in log space per sign (:func:`_abs_log_parts`): each exponent
-    ``k[t'] - lse[t]`` is ``<= 0``, so nothing overflows or underflows to 0/0.
+    Forward and backward sums are float64 prefix (suffix) sums (:func:`_query_sums`).
     """
 
     @staticmethod
     def forward(ctx, k: Tensor, v: Tensor) -> Tensor:  # noqa: D102
-        lse = torch.logcumsumexp(k, dim=1)
-        avg = _signed_scan(v, lambda log_part: torch.logcumsumexp(k + log_part, dim=1) - lse)
+        ek, key_max = _global_exp(k)
+        den = ek.cumsum(dim=1)
+        if not bool((den >= math.exp(-_MAX_KEY_RANGE)).all()):
+            raise _Underflow
+        avg = ((ek * v).cumsum(dim=1) / den).to(v.dtype)
+        lse = (torch.log(den) + key_max).to(k.dtype)
         ctx.save_for_backward(k, v, lse, avg)
         return avg
 
@@ -343,21 +355,20 @@ class _CausalSimpleAverage(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102
         k, v, lse, avg = ctx.saved_tensors
-        dv = _query_sums(grad, k, lse, 0, causal=True)
-        return v * dv - _query_sums(grad * avg, k, lse, 0, causal=True), dv
+        factors = _query_factors(k, lse)
+        dv = _query_sums(grad, *factors, 0, causal=True)
+        return v * dv - _query_sums(grad * avg, *factors, 0, causal=True), dv
 
 
-def _signed_scan(x: Tensor, log_sum: Callable[[Tensor], Tensor]) -> Tensor:
-    """``sum_sign sign * exp(log_sum(log |x_sign|))``: a linear map of ``x`` computed in log space."""
-    return sum(sign * torch.exp(log_sum(log_part)) for sign, log_part in _abs_log_parts(x))
+def _global_exp(k: Tensor) -> tuple[Tensor, Tensor]:
+    """``exp(k - max_t k)`` in float64 ``(B, T, C)`` and its shift ``(B, 1, C)``, one per channel.
 
-
-def _abs_log_parts(x: Tensor) -> tuple[tuple[float, Tensor], tuple[float, Tensor]]:
-    """``x = relu(x) - relu(-x)`` as ``((+1, log relu(x)), (-1, log relu(-x)))``, ``-inf`` at zeros.
-
-    Exact at any scale, but ``log`` has no useful gradient at 0: for use without autograd.
+    Every term is ``<= 1``. float64 holds ``e^-708``, so a sum whose largest term is within
+    ``_MAX_KEY_RANGE`` of the shift is exact to float32 precision, and a term it drops to 0
+    was below ``e^-208`` of that sum. Callers check the range on their sums.
     """
-    return (1.0, torch.log(x.clamp(min=0))), (-1.0, torch.log((-x).clamp(min=0)))
+    key_max = k.amax(dim=1, keepdim=True).double()
+    return torch.exp(k.double() - key_max), key_max
 
 
 def _full_matmul(k: Tensor, v: Tensor, w: Tensor, causal: bool) -> Tensor | None:
@@ -479,7 +490,7 @@ class _BandedAverage(torch.autograd.Function):
         dk[t']    = sum_(c in head) v[t'] dv[t'] - sum_t p[t, t'] sum_(c in head) G[t] avg[t]
         dw[t, t'] = sum_c p[t, t'] G[t] (v[t'] - avg[t])     (band entries only)
 
-    Outside the band (bias 0) the sums over ``t`` are log-space scans
+    Outside the band (bias 0) the sums over ``t`` are float64 suffix (and prefix) sums
     (:func:`_query_sums`); inside it, block matrix products of the same shifted
     exponentials as the forward pass, times ``exp(shift[t] - lse[t])``. That factor is at
     most ``1 / _MIN_SHIFTED_DENOMINATOR`` (the forward pass checked it), so nothing
@@ -504,8 +515,9 @@ class _BandedAverage(torch.autograd.Function):
         C, n, width = _band_geometry(T, window, causal)
         weighted = (grad * avg).view(B, T, Hk, G).sum(-1)  # per key head
         if global_connectivity:
-            dv = _query_sums(grad, _per_channel(k, G), _per_channel(lse, G), window, causal)
-            d_avg = _query_sums(weighted, k, lse, window, causal)
+            factors = _query_factors(k, lse)
+            dv = _query_sums(grad, *factors, window, causal)
+            d_avg = _query_sums(weighted, *factors, window, causal)
         else:
             dv, d_avg = torch.zeros_like(v), torch.zeros_like(k)
 
@@ -548,15 +560,18 @@ def _banded_forward(
     """``(avg (B, T, D), lse (B, T, Hk))`` of :func:`_banded`; raises :class:`_Underflow`.
 
     Inside the band: ``sum exp(k + w) v`` per row block as matrix products against the
-    block's keys. Outside it (bias 0): ``logcumsumexp`` prefix (and suffix) sums, exact for
-    any scale, of the two signed parts of ``v`` (:func:`_signed_scan`). Both are merged per
-    position against a common log-space reference.
+    block's keys. Outside it (bias 0): float64 prefix (and suffix) sums of ``exp(k - max k)``
+    and of ``exp(k - max k) v`` (:func:`_global_exp`, :func:`_outside_window_sums`). Both are
+    merged per position against the larger of their shifts, in float64.
+
+    Raises :class:`_Underflow` when the band's sum underflowed where it matters (its largest
+    term ~57 nats under its shift and not outweighed by the sum outside the band) or when a
+    normalizer lies more than ``_MAX_KEY_RANGE`` under the keys' maximum.
     """
     B, T, Hk = k.shape
     D = v.shape[-1]
     G = D // Hk
     C, n, width = _band_geometry(T, window, causal)
-    log_z_out = _outside_window_logsumexp(k, window, causal) if global_connectivity else torch.full_like(k, _NEG)
     ek, key_shift = _key_blocks(k, window, causal)
     ew, bias_shift = _shifted_exp(bias)
     ekv = _per_channel(ek, G, dim=2) * _band_columns(v, 1, window, causal)  # (B, n, D, Wd)
@@ -569,17 +584,26 @@ def _banded_forward(
         den = torch.einsum("hncw,bnhw->bnch", e, ek)
     shift = _block_shift(bias_shift, key_shift)
     num, den, shift = (x.reshape(B, n * C, -1)[:, :T] for x in (num, den, shift))
-    ref = torch.maximum(shift, log_z_out)
-    den = den * torch.exp(shift - ref) + torch.exp(log_z_out - ref)
-    if not bool((den >= _MIN_SHIFTED_DENOMINATOR).all()):
-        raise _Underflow
-    lse = torch.log(den) + ref
-    shift, ref, den = (_per_channel(x, G) for x in (shift, ref, den))
-    num = num * torch.exp(shift - ref)
+    shift = shift.double()
     if global_connectivity:
-        keys = _per_channel(k, G)
-        num = num + _signed_scan(v, lambda log_part: _outside_window_logsumexp(keys + log_part, window, causal) - ref)
-    return num / den, lse
+        ek_all, key_max = _global_exp(k)  # (B, T, Hk), (B, 1, Hk)
+        den_out = _outside_window_sums(ek_all, window, causal)
+        num_out = _outside_window_sums(_per_channel(ek_all, G) * v, window, causal)
+    else:
+        key_max, den_out = torch.full_like(shift[:, :1], -math.inf), 0.0
+    ref = torch.maximum(shift, key_max)
+    in_scale, out_scale = torch.exp(shift - ref), torch.exp(key_max - ref)
+    den_out = den_out * out_scale
+    total = den * in_scale + den_out
+    if not bool((total >= _MIN_SHIFTED_DENOMINATOR * torch.maximum(in_scale, den_out)).all()):
+        raise _Underflow
+    lse = torch.log(total) + ref
+    if not bool((lse - key_max >= -_MAX_KEY_RANGE).all()):
+        raise _Underflow
+    avg = num * _per_channel((in_scale / total).to(num.dtype), G)  # factors <= 1 / _MIN_SHIFTED_DENOMINATOR
+    if global_connectivity:  # float64 factors up to e^_MAX_KEY_RANGE
+        avg = avg + (num_out * _per_channel(out_scale / total, G)).to(num.dtype)
+    return avg, lse.to(k.dtype)
 
 
 def _band_columns(x: Tensor, dim: int, window: int, causal: bool, fill: float = 0.0) -> Tensor:
@@ -630,16 +654,32 @@ def _overlap_add(blocks: Tensor, T: int, window: int) -> Tensor:
     return out[:, window - 1 : window - 1 + T]
 
 
-def _query_sums(x: Tensor, keys: Tensor, lse: Tensor, window: int, causal: bool) -> Tensor:
+def _query_factors(k: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
+    """``exp(k[t'] - lse[t])`` as ``ek[t'] * weight[t]``, both float64 ``(B, T, Hk)``.
+
+    ``ek = exp(k - max k)`` (:func:`_global_exp`) and ``weight = exp(max k - lse)``; the
+    forward pass checked ``max k - lse <= _MAX_KEY_RANGE``, so neither overflows.
+    """
+    ek, key_max = _global_exp(k)
+    return ek, torch.exp(key_max - lse.double())
+
+
+def _query_sums(x: Tensor, ek: Tensor, weight: Tensor, window: int, causal: bool) -> Tensor:
     """``exp(k[t']) sum_t exp(-lse[t]) x[t]`` over the queries ``t`` that take key ``t'`` with bias 0.
 
     Those are ``t >= t' + window`` (and ``t <= t' - window`` unless causal); causal
-    ``window = 0`` gives all ``t >= t'``. Each exponent ``k[t'] - lse[t]`` is ``<= 0``.
+    ``window = 0`` gives all ``t >= t'``. float64 suffix (and prefix) sums.
 
     Args:
-        x: ``(B, T, D)``; keys, lse: ``(B, T, D)``, per channel.
+        x: ``(B, T, D)`` or per key head ``(B, T, Hk)``.
+        ek, weight: ``(B, T, Hk)`` from :func:`_query_factors`.
+
+    Returns:
+        ``x``'s shape and dtype.
     """
-    return _signed_scan(x, lambda log_part: keys + _outside_window_logsumexp((log_part - lse).flip(1), window, causal).flip(1))
+    G = x.shape[-1] // ek.shape[-1]
+    sums = _outside_window_sums((_per_channel(weight, G) * x).flip(1), window, causal).flip(1)
+    return (_per_channel(ek, G) * sums).to(x.dtype)
 
 
 def _per_channel(x: Tensor, group: int, dim: int = -1) -> Tensor:
@@ -647,25 +687,31 @@ def _per_channel(x: Tensor, group: int, dim: int = -1) -> Tensor:
     return x if group == 1 else x.repeat_interleave(group, dim=dim)
 
 
-def _outside_window_logsumexp(x: Tensor, window: int, causal: bool) -> Tensor:
-    """``log sum exp x[t']`` over ``t' <= t - window`` (and ``t' >= t + window`` unless causal).
+def _outside_window_sums(x: Tensor, window: int, causal: bool, dim: int = 1) -> Tensor:
+    """``sum x[t']`` over ``t' <= t - window`` (and ``t' >= t + window`` unless causal), along ``dim``.
 
-    Args:
-        x: ``(B, T, C)``.
-
-    Returns:
-        ``(B, T, C)``, ``_NEG`` where the set is empty.
+    Prefix (and suffix) sums; ``window = 0`` (causal) is the inclusive prefix sum. Every term
+    is added, none subtracted, so the result is exact to rounding for non-negative ``x``.
     """
-    T = x.shape[1]
-    if window >= T:
-        return torch.full_like(x, _NEG)
-    prefix = torch.logcumsumexp(x, dim=1)
-    if window > 0:
-        prefix = F.pad(prefix[:, : T - window], (0, 0, window, 0), value=_NEG)
+    prefix = _shift(x.cumsum(dim), window, dim)
     if causal:
         return prefix
-    suffix = torch.logcumsumexp(x.flip(1), dim=1).flip(1)[:, window:]
-    return torch.logaddexp(prefix, F.pad(suffix, (0, 0, 0, window), value=_NEG))
+    return prefix + _shift(x.flip(dim).cumsum(dim).flip(dim), -window, dim)
+
+
+def _shift(x: Tensor, n: int, dim: int) -> Tensor:
+    """``out[i] = x[i - n]`` along ``dim`` (``n > 0`` moves toward the end), 0 where ``i - n`` is outside."""
+    length = x.shape[dim]
+    if n == 0:
+        return x
+    if abs(n) >= length:
+        return torch.zeros_like(x)
+    size = list(x.shape)
+    size[dim] = abs(n)
+    zeros = x.new_zeros(size)
+    if n > 0:
+        return torch.cat([zeros, x.narrow(dim, 0, length - n)], dim)
+    return torch.cat([x.narrow(dim, -n, length + n), zeros], dim)
 
 
 # ------------------------------------------------------------------------------ conv2d
@@ -775,25 +821,10 @@ def _outside_kernel_sums(x: Tensor, radius: int) -> Tensor:
         ``(B, C, Y, X)``.
     """
     size = 2 * radius + 1
-    rows = x.sum(dim=-1)  # (B, C, Y)
-    above = _shift_right(rows.cumsum(-1), radius + 1)
-    below = _shift_left(rows.flip(-1).cumsum(-1).flip(-1), radius + 1)
-    left = _shift_right(x.cumsum(-1), radius + 1)
-    right = _shift_left(x.flip(-1).cumsum(-1).flip(-1), radius + 1)
-    band = F.avg_pool2d(left + right, (size, 1), stride=1, padding=(radius, 0)) * size
-    return (above + below).unsqueeze(-1) + band
-
-
-def _shift_right(x: Tensor, n: int) -> Tensor:
-    """``out[..., i] = x[..., i - n]`` and 0 where ``i < n``."""
-    length = x.shape[-1]
-    return torch.zeros_like(x) if n >= length else F.pad(x[..., : length - n], (n, 0))
-
-
-def _shift_left(x: Tensor, n: int) -> Tensor:
-    """``out[..., i] = x[..., i + n]`` and 0 where ``i + n`` is past the end."""
-    length = x.shape[-1]
-    return torch.zeros_like(x) if n >= length else F.pad(x[..., n:], (0, n))
+    above_below = _outside_window_sums(x.sum(dim=-1), radius + 1, causal=False, dim=-1)  # (B, C, Y)
+    left_right = _outside_window_sums(x, radius + 1, causal=False, dim=-1)
+    band = F.avg_pool2d(left_right, (size, 1), stride=1, padding=(radius, 0)) * size
+    return above_below.unsqueeze(-1) + band
 
 
 # ------------------------------------------------------------------------ exact fallback

@@ -167,7 +167,7 @@ def test_conv2d_extreme_scale() -> None:
 
 def test_causal_growing_keys_use_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keys that grow along the sequence (early ones e^-300 below later ones) stay exact
-    without the O(T^2) fallback: the shifts are blockwise / running, not global."""
+    without the O(T^2) fallback: the float64 scans hold 500 nats below a channel's largest key."""
     monkeypatch.setattr(AF, "_exact_rows", lambda *a: pytest.fail("fell back to the exact path"))
     n = 1024
     k = torch.linspace(0, 300, n).view(1, n, 1).repeat(1, 1, 4) + torch.randn(1, n, 4)
@@ -177,6 +177,45 @@ def test_causal_growing_keys_use_the_fast_path(monkeypatch: pytest.MonkeyPatch) 
     w = torch.randn(n, n)
     _assert_close(AF.aft_local(None, k, v, w, 16, causal=True), reference_aft(None, k, v, local_bias(w, 16), True), 300.0)
     _assert_close(AF.aft_full(None, k, v, w, causal=True), reference_aft(None, k, v, w[None], True), 300.0)
+
+
+@pytest.mark.parametrize("variant", ["simple", "local"])
+def test_keys_spread_beyond_the_float64_range_take_the_exact_path(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Early keys 1000 nats below later ones are past what the float64 scans hold: the call is
+    recomputed by the exact path, values and gradients right."""
+    calls = []
+    exact_rows = AF._exact_rows
+    monkeypatch.setattr(AF, "_exact_rows", lambda *a: calls.append(1) or exact_rows(*a))
+    n = 48
+    k = (torch.linspace(0, 1000, n).view(1, n, 1) + torch.randn(1, n, 4)).requires_grad_()
+    v = torch.randn(1, n, 4, requires_grad=True)
+    w = torch.randn(n, n)
+    if variant == "simple":
+        out, dense = AF.aft_simple(None, k, v, causal=True), torch.zeros(1, n, n)
+    else:
+        out, dense = AF.aft_local(None, k, v, w, 4, causal=True), local_bias(w, 4)
+    assert calls, "took the float64 scans beyond their range"
+    k64, v64 = (x.detach().double().requires_grad_() for x in (k, v))
+    ref = reference_aft(None, k64, v64, dense, True)
+    _assert_close(out, ref, 1000.0)
+    grad = torch.randn(1, n, 4)
+    for got, want in zip(torch.autograd.grad(out, (k, v), grad), torch.autograd.grad(ref, (k64, v64), grad.double())):
+        torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(("causal", "window"), [(True, 0), *((c, w) for c in (False, True) for w in (1, 3, 9, 12))])
+@pytest.mark.parametrize("dim", [1, -1])
+def test_outside_window_sums_match_brute_force(causal: bool, window: int, dim: int) -> None:
+    """Causal window 0 is the inclusive prefix sum; a window past the length leaves nothing."""
+    x = torch.rand(2, 9, 9, dtype=torch.float64)
+    t = torch.arange(9)
+    offset = t.view(1, 9) - t.view(9, 1)  # [t, t'] = t' - t
+    keep = (offset <= -window) | (~torch.tensor(causal) & (offset >= window))
+    if dim == 1:
+        want = torch.einsum("tu,buf->btf", keep.double(), x)
+    else:
+        want = torch.einsum("tu,bfu->bft", keep.double(), x)
+    torch.testing.assert_close(AF._outside_window_sums(x, window, causal, dim), want)
 
 
 def _leaks(fn, k_channels: int) -> None:
@@ -278,7 +317,7 @@ def test_no_quadratic_tensor_saved_for_backward() -> None:
 
 
 def test_causal_simple_saves_only_its_inputs_output_and_normalizer() -> None:
-    """The PyTorch path of causal AFT-simple keeps k, v, logcumsumexp(k), the average and, for the
+    """The PyTorch path of causal AFT-simple keeps k, v, the log-normalizer, the average and, for the
     gate, sigmoid(q): five (B, T, D) tensors, as many as the fused kernels plus the gate's."""
     q, k, v = (torch.randn(1, 256, 16, requires_grad=True) for _ in range(3))
     out = AF.aft_simple(q, k, v, causal=True)
