@@ -7,13 +7,14 @@ Two shapes, each L=24, d=256 as in the paper's best rows, at a reduced batch:
 
 plus, when the ``aft-pytorch`` package is installed, its layers in the same decoder (it has
 no causal mode, so those rows are bidirectional: speed/memory only). Each model runs
-``AdamW`` training steps on random tokens; the script reports iterations/s and memory
+``AdamW`` training steps on random tokens, the models of one shape taking turns step by step
+(``benchlib.alternating_medians``); the script reports iterations/s and memory
 (``torch.cuda.max_memory_allocated`` on a GPU, bytes saved for backward on the CPU) and the
 ratios to the Transformer next to the paper's (Tables 2 and 4, 8 x V100). A T sweep then
 shows how each mixer's memory grows from T=1024 to 16384 (one block, batch 1).
 
     python scripts/bench_model.py --device cuda --out results/bench/model_cuda.json
-    python scripts/bench_model.py --device cpu --batch 1 --repeats 2 --out results/bench/model_cpu.json
+    python scripts/bench_model.py --device cpu --batch 1 --repeats 3 --out results/bench/model_cpu.json
 
 A benchmark, not a test: numbers depend on the machine; compare ratios within one run.
 """
@@ -31,7 +32,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from benchlib import add_common_arguments, attempt, median_seconds, saved_bytes, write_record
+from benchlib import add_common_arguments, alternating_medians, attempt, median_seconds, saved_bytes, write_record
 
 from aft.baselines import MultiHeadAttention
 from aft.layers import AFTLocal, AFTSimple
@@ -80,14 +81,11 @@ def mixers(shape: dict, seq_len: int) -> dict[str, MixerFactory]:
     return found
 
 
-def measure(model: nn.Module, tokens: torch.Tensor, repeats: int, device: torch.device, graph: bool) -> dict:
-    """Median training-step time (forward, backward, AdamW) and, eagerly, the step's memory.
-
-    ``graph``: capture the step once as a CUDA graph and time its replay
-    (``graph_iters_per_sec``). At these small per-GPU batches an eager step is bound by the
-    host launching ~10^3 kernels; the replay measures the GPU work alone.
-    """
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=graph)
+def training_step(
+    model: nn.Module, tokens: torch.Tensor, capturable: bool = False
+) -> tuple[Callable[[], None], torch.optim.Optimizer]:
+    """``(body, optimizer)``: ``body()`` runs one forward, backward and AdamW step of ``model``."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=capturable)
 
     def body() -> None:
         logits = model(tokens[:, :-1])
@@ -95,22 +93,41 @@ def measure(model: nn.Module, tokens: torch.Tensor, repeats: int, device: torch.
         loss.backward()
         optimizer.step()
 
+    return body, optimizer
+
+
+def eager_step(model: nn.Module, tokens: torch.Tensor) -> Callable[[], None]:
+    """A training step that also clears the gradients, run once (which allocates the optimizer state)."""
+    body, optimizer = training_step(model, tokens)
+
     def step() -> None:
         body()
         optimizer.zero_grad(set_to_none=True)
 
-    if graph:
-        return {"graph_iters_per_sec": 1.0 / median_seconds(_capture(body, optimizer).replay, repeats, device)}
-    step()  # warm-up (allocates the optimizer state)
+    step()
+    return step
+
+
+def measure_memory(model: nn.Module, tokens: torch.Tensor, device: torch.device) -> dict:
+    """The memory of a training step: CUDA max allocated over one step on a GPU (weights and
+    optimizer state included), bytes saved for backward by one forward pass on the CPU."""
+    step = eager_step(model, tokens)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result = {"iters_per_sec": 1.0 / median_seconds(step, repeats, device)}
-    if device.type == "cuda":
-        result.update(memory_bytes=torch.cuda.max_memory_allocated(device), memory_kind="cuda_max_allocated")
-    else:
-        saved = saved_bytes(lambda: model(tokens[:, :-1]).float().logsumexp(-1).mean())
-        result.update(memory_bytes=saved, memory_kind="saved_for_backward")
-    return result
+        step()
+        return {"memory_bytes": torch.cuda.max_memory_allocated(device), "memory_kind": "cuda_max_allocated"}
+    saved = saved_bytes(lambda: model(tokens[:, :-1]).float().logsumexp(-1).mean())
+    return {"memory_bytes": saved, "memory_kind": "saved_for_backward"}
+
+
+def measure_graph(model: nn.Module, tokens: torch.Tensor, repeats: int, device: torch.device) -> dict:
+    """Median iters/s of the training step captured once as a CUDA graph and replayed.
+
+    At these small per-GPU batches an eager step is bound by the host launching ~10^3
+    kernels; the replay measures the GPU work alone.
+    """
+    body, optimizer = training_step(model, tokens, capturable=True)
+    return {"graph_iters_per_sec": 1.0 / median_seconds(_capture(body, optimizer).replay, repeats, device)}
 
 
 def _capture(body: Callable[[], None], optimizer: torch.optim.Optimizer) -> torch.cuda.CUDAGraph:
@@ -129,17 +146,42 @@ def _capture(body: Callable[[], None], optimizer: torch.optim.Optimizer) -> torc
     return graph
 
 
-def _run_one(case: Case, repeats: int, device: torch.device, graph: bool) -> dict:
+def _build(case: Case, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     model = Decoder(case.factory, vocab_size=256, seq_len=case.seq_len, depth=case.depth, dim=DIM).to(device)
-    tokens = torch.randint(0, 256, (case.batch, case.seq_len + 1), device=device)
+    return model, torch.randint(0, 256, (case.batch, case.seq_len + 1), device=device)
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()  # the step closures and a CUDA graph hold their models in reference cycles
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _alone(case: Case, device: torch.device, measure: Callable[[nn.Module, torch.Tensor], dict]) -> dict:
+    """``measure(model, tokens)`` with no other model in memory; ``{"skipped": why}`` if it fails."""
     try:
-        return attempt(lambda: measure(model, tokens, repeats, device, graph))
+        return attempt(lambda: measure(*_build(case, device)))
     finally:
-        del model
-        gc.collect()  # the step closures and a CUDA graph hold the model in reference cycles
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        _release(device)
+
+
+def _speeds(group: list[Case], repeats: int, device: torch.device) -> list[dict]:
+    """Eager iters/s of every case of ``group``, their training steps taking turns (all models
+    in memory at once), so that a shared machine's changing load does not bias the ratios."""
+    steps, results = {}, []
+    for i, case in enumerate(group):
+        built = attempt(lambda case=case: {"step": eager_step(*_build(case, device))})
+        if "step" in built:
+            steps[i] = built.pop("step")
+        results.append(built)
+    timed = attempt(lambda: {"seconds": alternating_medians(steps, repeats, device)})
+    for i, result in enumerate(results):
+        if i in steps:
+            result.update({"iters_per_sec": 1.0 / timed["seconds"][i]} if "seconds" in timed else timed)
+    steps.clear()
+    _release(device)
+    return results
 
 
 @dataclass
@@ -169,20 +211,27 @@ def cases(args: argparse.Namespace) -> list[Case]:
 
 
 def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    """Every case eagerly (speed and memory), then, on CUDA, every case as a CUDA graph (speed).
+    """Every group of cases with one shape: memory (each model alone), eager speed (the models
+    taking turns), then, on CUDA, speed as a CUDA graph (each model alone).
 
-    The graphs run in a second pass so that their memory pools never count in a memory reading.
+    The graphs run last so that their memory pools never count in a memory reading.
     """
     rows, measured = [], cases(args)
-    for case in measured:
-        row = {"shape": case.shape, "mixer": case.mixer, "T": case.seq_len, "depth": case.depth, "batch": case.batch}
-        row.update(_run_one(case, args.repeats, device, graph=False))
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+    groups: dict[tuple, list[int]] = {}
+    for i, case in enumerate(measured):
+        groups.setdefault((case.shape, case.seq_len), []).append(i)
+        rows.append({"shape": case.shape, "mixer": case.mixer, "T": case.seq_len, "depth": case.depth, "batch": case.batch})
+    for members in groups.values():
+        group = [measured[i] for i in members]
+        memories = [_alone(case, device, partial(measure_memory, device=device)) for case in group]
+        for i, memory, speed in zip(members, memories, _speeds(group, args.repeats, device), strict=True):
+            rows[i].update(memory)
+            rows[i].update(speed)
+            print(json.dumps(rows[i]), flush=True)
     if device.type == "cuda":
         for case, row in zip(measured, rows, strict=True):
             if "skipped" not in row:
-                row.update(_run_one(case, args.repeats, device, graph=True))
+                row.update(_alone(case, device, partial(measure_graph, repeats=args.repeats, device=device)))
                 print(json.dumps(row), flush=True)
     return rows
 

@@ -14,10 +14,8 @@ This is a benchmark, not a test: numbers depend on the machine.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -26,7 +24,7 @@ from types import ModuleType
 import torch
 
 from bench_ops import build_ops, op_inputs
-from benchlib import add_common_arguments, saved_bytes, sync, write_record
+from benchlib import add_common_arguments, alternating_medians, saved_bytes, write_record
 
 from aft import functional as current
 from aft import kernels
@@ -45,17 +43,9 @@ def functional_at(rev: str) -> ModuleType:
     return module
 
 
-def alternate(fns: dict[str, Callable[[], torch.Tensor]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of ``fn().sum().backward()`` per entry, the entries taking turns."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats + 1):  # the first round warms up
-        for name, fn in fns.items():
-            sync(device)
-            start = time.perf_counter()
-            fn().sum().backward()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t[1:]) for name, t in times.items()}
+def _forward_backward(fn: Callable[[], torch.Tensor]) -> None:
+    """One timed call: forward and backward of ``fn``."""
+    fn().sum().backward()
 
 
 def main() -> None:
@@ -80,7 +70,8 @@ def main() -> None:
                     continue
                 inputs = op_inputs(args.batch, T, args.dim, key_channels, device)
                 fns = {name: partial(ops[op][0], *inputs) for name, ops in versions.items()}
-                seconds = alternate(fns, args.repeats, device)
+                runs = {name: partial(_forward_backward, fn) for name, fn in fns.items()}
+                seconds = alternating_medians(runs, args.repeats, device)
                 saved = {name: saved_bytes(fn) for name, fn in fns.items()}
                 old, new = seconds[args.rev], seconds["working tree"]
                 rows.append({"op": op, "T": T, "seconds": seconds, "saved_bytes": saved, "time_ratio": new / old})

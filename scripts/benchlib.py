@@ -36,6 +36,23 @@ def median_seconds(run: Callable[[], object], repeats: int, device: torch.device
     return statistics.median(once() for _ in range(repeats))
 
 
+def alternating_medians(runs: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median wall-clock seconds of each ``run()``, the runs taking turns.
+
+    One call of every run per round, ``repeats`` timed rounds after one warm-up round, so
+    that all of them see the same load of a shared machine and their ratios are fair.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats + 1):
+        for name, run in runs.items():
+            sync(device)
+            start = time.perf_counter()
+            run()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
+
+
 def attempt(measure: Callable[[], dict]) -> dict:
     """``measure()``, or ``{"skipped": why}`` when it runs out of memory or fails to run.
 

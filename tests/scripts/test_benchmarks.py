@@ -80,11 +80,32 @@ def test_bench_model_measures_every_mixer_of_a_shape(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(bench, "SHAPES", {"enwik8": {"seq_len": 16, "window": 4, "bias_dim": 4, "heads": 2}})
     monkeypatch.setattr(bench, "DEPTH", 1)
     monkeypatch.setattr(bench, "DIM", 16)
+    rounds: list[int] = []  # how many models took turns in each timed group
+    alternating_medians = bench.alternating_medians
+
+    def counted(runs: dict, *args: object) -> dict:
+        rounds.append(len(runs))
+        return alternating_medians(runs, *args)
+
+    monkeypatch.setattr(bench, "alternating_medians", counted)
     rows = bench.run(argparse.Namespace(batch=1, repeats=1, sweep=[16, 32]), bench.torch.device("cpu"))
     measured = [row for row in rows if "skipped" not in row]
     assert {row["mixer"] for row in measured} >= {"transformer", "aft_local", "aft_simple"}
     assert all(row["memory_kind"] == "saved_for_backward" and row["memory_bytes"] > 0 for row in measured)
+    assert all(row["iters_per_sec"] > 0 for row in measured)
+    # one timed group per shape: the enwik8 shape (all its mixers), then the sweep's T=16 and T=32
+    assert rounds[0] == sum(row["shape"] == "enwik8" for row in rows) and rounds[1:] == [3, 3]
     assert "enwik8   aft_local" in bench.summarize(rows)
+
+
+def test_alternating_medians_take_turns() -> None:
+    benchlib = load_script("benchlib.py")
+    calls: list[str] = []
+    medians = benchlib.alternating_medians(
+        {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}, 3, benchlib.torch.device("cpu")
+    )
+    assert calls == ["a", "b"] * 4  # a warm-up round, then 3 timed rounds
+    assert set(medians) == {"a", "b"} and all(seconds >= 0 for seconds in medians.values())
 
 
 def test_profile_model_splits_a_step_by_op(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
