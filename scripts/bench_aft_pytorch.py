@@ -7,8 +7,8 @@ weights are copied into ours, and then for each variant:
 
 * agreement: the largest absolute difference of the two outputs at ``--check-length``;
 * speed and memory at ``--length`` (issue 7: B=4, T=4096, D=256): median forward + backward
-  seconds and memory (``torch.cuda.max_memory_allocated`` on a GPU, bytes saved for
-  backward on the CPU);
+  seconds, their layer and ours taking turns, and memory (``torch.cuda.max_memory_allocated``
+  on a GPU, bytes saved for backward on the CPU);
 * defects found in that package, measured here and printed rather than hidden:
   its AFTLocal rebuilds ``wbias`` as a new ``nn.Parameter`` from a Python double loop over
   ``max_seqlen^2`` entries on every forward (so an optimizer built before the forward never
@@ -27,11 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 
 import torch
 from torch import nn
 
-from benchlib import add_common_arguments, attempt, median_seconds, saved_bytes, write_record
+from benchlib import add_common_arguments, alternating_medians, attempt, saved_bytes, write_record
 
 from aft.layers import AFTFull, AFTLocal, AFTSimple
 
@@ -66,11 +67,6 @@ def agreement(theirs: nn.Module, ours: nn.Module, T: int, D: int, device: torch.
         return (theirs(x) - ours(x)).abs().max().item()
 
 
-def step_time(layer: nn.Module, x: torch.Tensor, repeats: int, device: torch.device) -> float:
-    """Median seconds of forward + backward."""
-    return median_seconds(lambda: layer(x).square().mean().backward(), repeats, device, warmup=1)
-
-
 def memory(layer: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[int, str]:
     """Peak CUDA memory of forward + backward, or the bytes saved for backward on the CPU."""
     if device.type == "cuda":
@@ -81,15 +77,26 @@ def memory(layer: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[int
     return saved_bytes(lambda: layer(x).square().mean()), "saved_for_backward"
 
 
-def measure(layer: nn.Module, B: int, T: int, D: int, repeats: int, device: torch.device) -> dict:
+def measure(
+    layers: dict[str, nn.Module], B: int, T: int, D: int, repeats: int, device: torch.device
+) -> dict[str, dict]:
+    """Memory of each layer's forward + backward, then their median seconds, the layers taking
+    turns (``benchlib.alternating_medians``); a layer that fails to run gets ``{"skipped": why}``."""
     x = torch.randn(B, T, D, device=device, requires_grad=True)
+    results, runs = {}, {}
+    for name, layer in layers.items():
+        results[name] = attempt(lambda layer=layer: dict(zip(("memory_bytes", "memory_kind"), memory(layer, x, device))))
+        if "skipped" not in results[name]:
+            runs[name] = partial(_forward_backward, layer, x)
+    timed = attempt(lambda: {"seconds": alternating_medians(runs, repeats, device)})
+    for name in runs:
+        results[name].update({"fwd_bwd_seconds": timed["seconds"][name]} if "seconds" in timed else timed)
+    return results
 
-    def run() -> dict:
-        seconds = step_time(layer, x, repeats, device)
-        nbytes, kind = memory(layer, x, device)
-        return {"fwd_bwd_seconds": seconds, "memory_bytes": nbytes, "memory_kind": kind}
 
-    return attempt(run)
+def _forward_backward(layer: nn.Module, x: torch.Tensor) -> None:
+    """One timed call: forward and backward of ``layer`` on ``x``."""
+    layer(x).square().mean().backward()
 
 
 def local_bias_trains(T: int, D: int, window: int) -> bool:
@@ -126,15 +133,16 @@ def main() -> None:
         difference = agreement(theirs, ours, args.check_length, D, torch.device("cpu"))
         T = args.local_length if variant == "local" else args.length
         theirs, ours = pair(variant, T, D, args.window, device)
-        for package, layer in (("aft-pytorch", theirs), ("ours", ours)):
+        measured = measure({"aft-pytorch": theirs, "ours": ours}, B, T, D, args.repeats, device)
+        for package, result in measured.items():
             row = {"variant": variant, "package": package, "B": B, "T": T, "D": D, "max_abs_difference": difference}
-            row.update(measure(layer, B, T, D, args.repeats, device))
+            row.update(result)
             print(json.dumps(row), flush=True)
             rows.append(row)
         if variant == "local" and T != args.length:  # ours also at the common length
             ours = AFTLocal(D, seq_len=args.length, window=args.window, bias_dim=None).to(device)
             row = {"variant": variant, "package": "ours", "B": B, "T": args.length, "D": D}
-            row.update(measure(ours, B, args.length, D, args.repeats, device))
+            row.update(measure({"ours": ours}, B, args.length, D, args.repeats, device)["ours"])
             print(json.dumps(row), flush=True)
             rows.append(row)
 

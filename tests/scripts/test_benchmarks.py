@@ -74,6 +74,22 @@ def test_bench_decode_times_recurrent_and_recomputed_sampling(tmp_path: Path) ->
     assert rows["aft_simple"]["recompute_probe_lengths"] == [1, 12, 24]
 
 
+def test_bench_aft_pytorch_times_both_packages_and_records_their_defects(tmp_path: Path) -> None:
+    """Runs where ``aft-pytorch`` is installed (it is not a dependency of ours)."""
+    pytest.importorskip("aft_pytorch")
+    record = run_script(
+        "bench_aft_pytorch.py", tmp_path / "aft_pytorch.json", "--batch", "1", "--length", "32", "--dim", "8",
+        "--window", "4", "--local-length", "16", "--check-length", "16",
+    )
+    rows = record["rows"]
+    assert {(row["variant"], row["package"]) for row in rows} == {
+        (variant, package) for variant in ("simple", "full", "local") for package in ("aft-pytorch", "ours")
+    }
+    assert all(row["fwd_bwd_seconds"] > 0 and row["memory_bytes"] > 0 for row in rows)
+    assert all(row["max_abs_difference"] < 1e-5 for row in rows if "max_abs_difference" in row)
+    assert record["defects"]["aft_pytorch_local_bias_gets_gradient"] is False
+
+
 def test_bench_model_measures_every_mixer_of_a_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     """The paper shapes are too large for a test: run the same code on a shrunken one."""
     bench = load_script("bench_model.py")
