@@ -344,10 +344,10 @@ class _CausalSimpleAverage(torch.autograd.Function):
     def forward(ctx, k: Tensor, v: Tensor) -> Tensor:  # noqa: D102
         ek, key_max = _global_exp(k)
         den = ek.cumsum(dim=1)
-        if not bool((den >= math.exp(-_MAX_KEY_RANGE)).all()):
-            raise _Underflow
+        lse = torch.log(den) + key_max
+        _check_key_range(lse, key_max)
         avg = ((ek * v).cumsum(dim=1) / den).to(v.dtype)
-        lse = (torch.log(den) + key_max).to(k.dtype)
+        lse = lse.to(k.dtype)
         ctx.save_for_backward(k, v, lse, avg)
         return avg
 
@@ -598,8 +598,7 @@ def _banded_forward(
     if not bool((total >= _MIN_SHIFTED_DENOMINATOR * torch.maximum(in_scale, den_out)).all()):
         raise _Underflow
     lse = torch.log(total) + ref
-    if not bool((lse - key_max >= -_MAX_KEY_RANGE).all()):
-        raise _Underflow
+    _check_key_range(lse, key_max)
     avg = num * _per_channel((in_scale / total).to(num.dtype), G)  # factors <= 1 / _MIN_SHIFTED_DENOMINATOR
     if global_connectivity:  # float64 factors up to e^_MAX_KEY_RANGE
         avg = avg + (num_out * _per_channel(out_scale / total, G)).to(num.dtype)
@@ -652,6 +651,13 @@ def _overlap_add(blocks: Tensor, T: int, window: int) -> Tensor:
     for i in range(pieces):
         out[:, i * C : (i + n) * C] += blocks[:, :, i * C : (i + 1) * C].reshape(B, n * C, features)
     return out[:, window - 1 : window - 1 + T]
+
+
+def _check_key_range(lse: Tensor, key_max: Tensor) -> None:
+    """Raise :class:`_Underflow` if a log-normalizer lies more than ``_MAX_KEY_RANGE`` under
+    its channel's key maximum: past the reach of the float64 sums of :func:`_global_exp`."""
+    if not bool((lse - key_max >= -_MAX_KEY_RANGE).all()):
+        raise _Underflow
 
 
 def _query_factors(k: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:

@@ -21,19 +21,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def seconds(run: Callable[[], object], device: torch.device) -> float:
+    """Wall-clock seconds of one ``run()``, queued GPU work included."""
+    sync(device)
+    start = time.perf_counter()
+    run()
+    sync(device)
+    return time.perf_counter() - start
+
+
 def median_seconds(run: Callable[[], object], repeats: int, device: torch.device, warmup: int = 0) -> float:
     """Median wall-clock seconds of ``run()`` over ``repeats`` calls after ``warmup`` untimed ones."""
-
-    def once() -> float:
-        sync(device)
-        start = time.perf_counter()
-        run()
-        sync(device)
-        return time.perf_counter() - start
-
     for _ in range(warmup):
         run()
-    return statistics.median(once() for _ in range(repeats))
+    return statistics.median(seconds(run, device) for _ in range(repeats))
 
 
 def alternating_medians(runs: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
@@ -45,11 +46,7 @@ def alternating_medians(runs: dict[str, Callable[[], object]], repeats: int, dev
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats + 1):
         for name, run in runs.items():
-            sync(device)
-            start = time.perf_counter()
-            run()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(seconds(run, device))
     return {name: statistics.median(t[1:]) for name, t in times.items()}
 
 
