@@ -5,8 +5,10 @@ Two shapes, each L=24, d=256 as in the paper's best rows, at a reduced batch:
 * ``cifar10``: T=3072 (Table 2): AFT-local-256 (d'=64), AFT-simple, Transformer h=2;
 * ``enwik8``:  T=1024 (Table 4): AFT-local-32 (d'=256), AFT-simple, Transformer h=4;
 
-plus, when the ``aft-pytorch`` package is installed, its layers in the same decoder (it has
-no causal mode, so those rows are bidirectional: speed/memory only). Each model runs
+plus, where the Triton kernels run, AFT-local with its band as tile products
+(``aft.kernels.band_products``), and, when the ``aft-pytorch`` package is installed, its
+layers in the same decoder (it has no causal mode, so those rows are bidirectional:
+speed/memory only). Each model runs
 ``AdamW`` training steps on random tokens, the models of one shape taking turns step by step
 (``benchlib.alternating_medians``); the script reports iterations/s and memory
 (``torch.cuda.max_memory_allocated`` on a GPU, bytes saved for backward on the CPU) and the
@@ -34,6 +36,7 @@ from torch import nn
 
 from benchlib import add_common_arguments, alternating_medians, attempt, median_seconds, saved_bytes, write_record
 
+from aft import kernels
 from aft.baselines import MultiHeadAttention
 from aft.layers import AFTLocal, AFTSimple
 from aft.models import Decoder
@@ -63,13 +66,29 @@ class _AftPytorch(nn.Module):
         return self.layer(x)
 
 
-def mixers(shape: dict, seq_len: int) -> dict[str, MixerFactory]:
-    """Mixer factories ``mixer(dim=...)`` for one shape at length ``seq_len``."""
+class _BandProducts(nn.Module):
+    """A mixer run inside ``aft.kernels.band_products(True)``: AFT-local's band as tile products."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with kernels.band_products(True):
+            return self.layer(x)
+
+
+def mixers(shape: dict, seq_len: int, device: torch.device | None = None) -> dict[str, MixerFactory]:
+    """Mixer factories ``mixer(dim=...)`` for one shape at length ``seq_len``; where the
+    Triton kernels run on ``device``, AFT-local also with its band as tile products."""
+    local = partial(AFTLocal, seq_len=seq_len, window=shape["window"], bias_dim=shape["bias_dim"], causal=True)
     found: dict[str, MixerFactory] = {
         "transformer": partial(MultiHeadAttention, heads=shape["heads"], causal=True),
-        "aft_local": partial(AFTLocal, seq_len=seq_len, window=shape["window"], bias_dim=shape["bias_dim"], causal=True),
+        "aft_local": local,
         "aft_simple": partial(AFTSimple, causal=True),
     }
+    if device is not None and kernels.supports(torch.empty(0, device=device)):
+        found["aft_local (tile products)"] = lambda dim: _BandProducts(local(dim=dim))
     if importlib.util.find_spec("aft_pytorch") is not None:
         import aft_pytorch
 
@@ -196,15 +215,15 @@ class Case:
     batch: int
 
 
-def cases(args: argparse.Namespace) -> list[Case]:
+def cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
     """The paper's shapes (Tables 2 and 4) at ``--batch``, then the T sweep (one block, batch 1)."""
     found = [
         Case(shape_name, name, factory, shape["seq_len"], DEPTH, args.batch)
         for shape_name, shape in SHAPES.items()
-        for name, factory in mixers(shape, shape["seq_len"]).items()
+        for name, factory in mixers(shape, shape["seq_len"], device).items()
     ]
     for T in args.sweep:
-        for name, factory in mixers(SHAPES["enwik8"], T).items():
+        for name, factory in mixers(SHAPES["enwik8"], T, device).items():
             if not name.startswith("aft_pytorch"):
                 found.append(Case("sweep", name, factory, T, 1, 1))
     return found
@@ -216,7 +235,7 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
 
     The graphs run last so that their memory pools never count in a memory reading.
     """
-    rows, measured = [], cases(args)
+    rows, measured = [], cases(args, device)
     groups: dict[tuple, list[int]] = {}
     for i, case in enumerate(measured):
         groups.setdefault((case.shape, case.seq_len), []).append(i)

@@ -6,11 +6,12 @@ once), plus ``torch.cuda.max_memory_allocated`` on a GPU. The sequence operators
 and compared with causal attention; where T is a square, AFT-conv2d (7 x 7 kernel, 8 heads)
 on a sqrt(T) x sqrt(T) grid is compared with bidirectional attention (``*_bidirectional``).
 The AFT operators appear twice where the Triton kernels run (CUDA): ``name[triton]`` and
-``name[torch]`` (the PyTorch path, forced with ``aft.kernels.enabled(False)``). It prints a
-table, the ratios to SDPA attention and the growth from the smallest to the largest T.
+``name[torch]`` (the PyTorch path, forced with ``aft.kernels.enabled(False)``); AFT-local a
+third time, ``name[triton products]`` (its band as tile products, ``aft.kernels.band_products``).
+It prints a table, the ratios to SDPA attention and the growth from the smallest to the largest T.
 
 On CUDA it also measures device-to-device copy bandwidth (bytes read + written) and, for
-causal AFT-simple and AFT-local (w=32, factorized bias) at ``--bandwidth-shape``, the
+causal AFT-simple and AFT-local (w=32, factorized bias; both ways) at ``--bandwidth-shape``, the
 forward and the backward pass separately: the fewest bytes each must move (forward: read
 q, k, v, write out and the float32 log-normalizer: 5 B T D x 4 bytes; backward: read q, k,
 v, out, lse, dout, write dq, dk, dv: 9 B T D x 4 bytes) over its median time, as a fraction
@@ -25,6 +26,7 @@ This is a benchmark, not a test: numbers depend on the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 from collections.abc import Callable
 from types import ModuleType
@@ -94,21 +96,24 @@ def op_inputs(B: int, T: int, D: int, key_channels: int, device: torch.device) -
 
 
 def with_kernel_variants(ops: dict[str, tuple[Op, int]], device: torch.device) -> dict[str, tuple[Op, int]]:
-    """``name[triton]`` and ``name[torch]`` for each op where the kernels run on ``device``."""
+    """``name[triton]`` and ``name[torch]`` for each op where the kernels run on ``device``,
+    and ``name[triton products]`` for AFT-local (its band as tile products)."""
     if not kernels.supports(torch.empty(0, device=device)):
         return ops
     out: dict[str, tuple[Op, int]] = {}
     for name, (fn, channels) in ops.items():
         out[f"{name}[triton]"] = (fn, channels)
-        out[f"{name}[torch]"] = (torch_path(fn), channels)
+        if name.startswith("aft_local"):
+            out[f"{name}[triton products]"] = (within(lambda: kernels.band_products(True), fn), channels)
+        out[f"{name}[torch]"] = (within(lambda: kernels.enabled(False), fn), channels)
     return out
 
 
-def torch_path(fn: Op) -> Op:
-    """``fn`` with the Triton kernels disabled."""
+def within(setting: Callable[[], contextlib.AbstractContextManager], fn: Op) -> Op:
+    """``fn`` run inside a kernel setting of :mod:`aft.kernels`, entered afresh on each call."""
 
     def run(*inputs: torch.Tensor) -> torch.Tensor:
-        with kernels.enabled(False):
+        with setting():
             return fn(*inputs)
 
     return run

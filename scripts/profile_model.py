@@ -84,7 +84,7 @@ def main() -> None:
     device = torch.device(args.device)
     shape = SHAPES[args.shape]
     rows = []
-    for name, factory in mixers(shape, shape["seq_len"]).items():
+    for name, factory in mixers(shape, shape["seq_len"], device).items():
         if name.startswith("aft_pytorch"):
             continue
         row = {"mixer": name, **profile_mixer(factory, shape["seq_len"], args.batch, device, args.top)}

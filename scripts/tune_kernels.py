@@ -5,7 +5,8 @@ warps; :class:`aft.kernels.banded.Blocks`) it times the forward and the backward
 separately (``triton.testing.do_bench``, median) and divides the fewest bytes each must
 move (forward 5, backward 9 float32 ``(B, T, D)`` tensors, see scripts/bench_ops.py) by the
 time, as a fraction of device-to-device copy bandwidth. ``default_blocks`` in
-aft/kernels/banded.py was chosen from this sweep. CUDA only.
+aft/kernels/banded.py was chosen from this sweep; its last part times AFT-local's band as
+tile products (``Blocks.products``). CUDA only.
 
     python scripts/tune_kernels.py --out results/bench/kernels_launch_shapes_h100.json
 """
@@ -26,7 +27,7 @@ from aft import kernels
 from aft.kernels.banded import Blocks
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Blocks], torch.Tensor]
-# (operators, (B, T, D), launch shapes (t, d, chunks, warps)); chunks None: fill the device
+# (operators, (B, T, D), launch shapes (t, d, chunks, warps[, products])); chunks None: fill the device
 SWEEPS = [
     (("simple_causal", "local32_causal"), (4, 16384, 1024),
      [(32, 32, None, 4), (32, 32, 1, 4), (64, 32, 1, 4), (32, 16, 1, 4), (16, 32, 1, 2),
@@ -34,6 +35,10 @@ SWEEPS = [
     (("simple_causal", "local32_causal"), (4, 16384, 256),
      [(32, 16, None, 4), (32, 16, 2, 4), (64, 16, None, 4), (32, 32, None, 4)]),
     (("simple", "local32", "local256_causal"), (4, 16384, 1024), [(32, 32, None, 4), (32, 16, 1, 4)]),
+    # AFT-local's band as tile products (Blocks.products), against the term-by-term default above
+    (("local32_causal", "local32", "local256_causal"), (4, 16384, 1024),
+     [(32, 32, None, 4, True), (64, 32, None, 4, True), (32, 64, None, 4, True), (64, 64, None, 8, True),
+      (16, 32, None, 4, True), (64, 32, 1, 4, True)]),
 ]
 
 
@@ -80,12 +85,13 @@ def main() -> None:
     for names, shape, configs in SWEEPS:
         ops = operators(shape[1], args.bias_dim, device)
         for name in names:
-            for t, d, chunks, warps in configs:
-                blocks = Blocks(t, d, chunks, warps)
+            for config in configs:
+                blocks = Blocks(*config)
                 row = {"op": name, "shape": list(shape), "blocks": vars(blocks)}
                 row.update(measure(ops[name], shape, blocks, copy, device))
                 rows.append(row)
-                print(f"{name:<16} {str(shape):<18} t={t:<3} d={d:<3} chunks={chunks!s:<5} warps={warps}  "
+                print(f"{name:<16} {str(shape):<18} t={blocks.t:<3} d={blocks.d:<3} chunks={blocks.chunks!s:<5} "
+                      f"warps={blocks.warps} products={blocks.products!s:<5}  "
                       f"fwd {row['forward_seconds'] * 1e3:7.3f} ms {row['forward_copy_fraction']:6.1%}  "
                       f"bwd {row['backward_seconds'] * 1e3:7.3f} ms {row['backward_copy_fraction']:6.1%}", flush=True)
     write_record(args.out, device, triton=triton.__version__, copy_bytes_per_second=copy, rows=rows)

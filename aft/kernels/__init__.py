@@ -12,8 +12,10 @@ interpreter, for tests). float64 keeps the PyTorch path.
   first three) and :mod:`aft.kernels.conv2d` (a kernel box on a 2-d grid); their numerics:
   :mod:`aft.kernels.online`.
 
-``with enabled(False):`` forces the PyTorch path (to compare the two). The submodules
-import Triton; this package imports them on first use.
+``with enabled(False):`` forces the PyTorch path (to compare the two). ``with
+band_products(True):`` sums AFT-local's band as tile matrix products (``tl.dot``) instead
+of term by term (:class:`aft.kernels.banded.Blocks`, ``products``). The submodules import
+Triton; this package imports them on first use.
 """
 
 from __future__ import annotations
@@ -33,16 +35,32 @@ _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_GRID_COLUMNS = 1024  # AFT-conv2d: one program holds a grid row (wider grids take the PyTorch path)
 _ENTRY_POINTS = {"aft_simple": "simple", "aft_local": "local", "aft_conv1d": "conv1d", "aft_conv2d": "conv2d"}
 _ENABLED: ContextVar[bool] = ContextVar("aft_kernels_enabled", default=True)
+_BAND_PRODUCTS: ContextVar[bool] = ContextVar("aft_kernels_band_products", default=False)
 
 
 @contextlib.contextmanager
-def enabled(on: bool) -> Iterator[None]:
-    """Allow (the default) or forbid the kernels inside the block."""
-    token = _ENABLED.set(on)
+def _setting(var: ContextVar[bool], on: bool) -> Iterator[None]:
+    token = var.set(on)
     try:
         yield
     finally:
-        _ENABLED.reset(token)
+        var.reset(token)
+
+
+def enabled(on: bool) -> contextlib.AbstractContextManager[None]:
+    """Allow (the default) or forbid the kernels inside the block."""
+    return _setting(_ENABLED, on)
+
+
+def band_products(on: bool) -> contextlib.AbstractContextManager[None]:
+    """Inside the block, the default launch shape sums a band over positions (AFT-local) as
+    tile matrix products (``Blocks.products``); off by default until measured on a GPU."""
+    return _setting(_BAND_PRODUCTS, on)
+
+
+def band_products_default() -> bool:
+    """Whether :func:`band_products` is on here."""
+    return _BAND_PRODUCTS.get()
 
 
 def interpreting() -> bool:

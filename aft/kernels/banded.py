@@ -21,8 +21,9 @@ backward pass. It keeps an online log-sum-exp *state* (:mod:`aft.kernels.online`
 terms outside the window on its side of the sweep (bias 0: a running carry plus an
 in-tile scan), adds the other side from per-tile summaries written beforehand by a sweep in
 the opposite direction (non-causal only), and adds the band term by term, each with the
-exact running maximum. Chunks after the first start from the merged summaries of the
-chunks before them. Nothing ``T x T`` or ``T x window x D`` is formed; every pass reads and
+exact running maximum, or, for a band over positions (AFT-local) with ``Blocks.products``,
+as matrix products of tiles (section "the band as tile products" below). Chunks after the
+first start from the merged summaries of the chunks before them. Nothing ``T x T`` or ``T x window x D`` is formed; every pass reads and
 writes ``O(T D)`` bytes plus ``O(T W)`` of band.
 
 Backward. Autograd keeps the inputs, the gated output ``out`` and the per-``(t, c)``
@@ -53,6 +54,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from aft import kernels
 from aft.kernels import online
 from aft.kernels.online import NEG
 
@@ -238,10 +240,11 @@ def _forward_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, lse_ptr, main_chunks, other_tiles, other_chunks,
     T, D, HK, window, band_lo, W, main_shift, other_shift, tiles_per_chunk,
     GROUP: tl.constexpr, CAUSAL: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
-    PER_HEAD: tl.constexpr, STORE_LSE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    PER_HEAD: tl.constexpr, STORE_LSE: tl.constexpr, PRODUCTS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """``out = sigmoid(q) * avg`` and (``STORE_LSE``) ``lse``, sweeping the chunk's tiles in
-    ascending order."""
+    ascending order; the band term by term, or (``PRODUCTS``) as tile products."""
     b, chans = _program(D, BLOCK_D)
     chunk = tl.program_id(1)
     n_chunks = tl.num_programs(1)
@@ -259,10 +262,14 @@ def _forward_kernel(
                                            GROUP, GATED, False, CAUSAL)
         else:
             m, a, s = online.empty_like(tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32))
-        for offset in range(band_lo, window):
-            logit, x, y = _key_terms(k_ptr, v_ptr, rows - offset, chans, T, D, HK, GROUP)
-            bias = _band(bias_ptr, rows, chans, offset - band_lo, T, D, W, GROUP, PER_HEAD)
-            m, a, s = online.push(m, a, s, logit + bias, x, y)
+        if PRODUCTS:
+            m, a, s = _band_products_forward(m, a, s, k_ptr, v_ptr, bias_ptr, tile * BLOCK_T, chans,
+                                             T, D, HK, window, band_lo, W, GROUP, PRECISION, BLOCK_T)
+        else:
+            for offset in range(band_lo, window):
+                logit, x, y = _key_terms(k_ptr, v_ptr, rows - offset, chans, T, D, HK, GROUP)
+                bias = _band(bias_ptr, rows, chans, offset - band_lo, T, D, W, GROUP, PER_HEAD)
+                m, a, s = online.push(m, a, s, logit + bias, x, y)
         mask = (rows < T)[:, None] & (chans < D)[None, :]
         _store_output(q_ptr, out_ptr, lse_ptr, rows[:, None] * D + chans[None, :], mask, m, a, s, GATED, STORE_LSE)
 
@@ -273,10 +280,12 @@ def _backward_kernel(
     dq_ptr, dk_ptr, dv_ptr, dbias_ptr,
     T, D, HK, window, band_lo, W, main_shift, other_shift, tiles_per_chunk,
     GROUP: tl.constexpr, CAUSAL: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
-    PER_HEAD: tl.constexpr, BIAS_GRAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    PER_HEAD: tl.constexpr, BIAS_GRAD: tl.constexpr, PRODUCTS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """``dq``, per-channel ``dk`` (``(B, T, D)``), ``dv`` and (atomically) the band gradient,
-    sweeping the chunk's tiles, here *keys* ``t'``, in descending order."""
+    sweeping the chunk's tiles, here *keys* ``t'``, in descending order; the band term by
+    term, or (``PRODUCTS``) as tile products."""
     b, chans = _program(D, BLOCK_D)
     chunk = tl.program_id(1)
     n_chunks = tl.num_programs(1)
@@ -307,22 +316,160 @@ def _backward_kernel(
         else:
             dv = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
             dk = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
-        for offset in range(band_lo, window):
-            queries = rows + offset
-            neg_lse, d_avg, delta = _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, queries, chans, T, D, GATED)
-            col = offset - band_lo
-            p = tl.exp(key + _band(bias_ptr, queries, chans, col, T, D, W, GROUP, PER_HEAD) + neg_lse)
-            dv += p * d_avg
-            r = p * (d_avg * value - delta)
-            dk += r
-            if BIAS_GRAD:
-                if PER_HEAD:
-                    tl.atomic_add(dbias_ptr + chans * W + col, tl.sum(r, 0), mask=chans < D)
-                else:
-                    tl.atomic_add(dbias_ptr + queries * W + col, tl.sum(r, 1), mask=(queries >= 0) & (queries < T))
+        if PRODUCTS:
+            dk, dv = _band_products_backward(dk, dv, key, value, q_ptr, out_ptr, lse_ptr, dout_ptr, bias_ptr, dbias_ptr,
+                                             tile * BLOCK_T, chans, T, D, window, band_lo, W,
+                                             GATED, BIAS_GRAD, PRECISION, BLOCK_T)
+        else:
+            for offset in range(band_lo, window):
+                queries = rows + offset
+                neg_lse, d_avg, delta = _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, queries, chans, T, D, GATED)
+                col = offset - band_lo
+                p = tl.exp(key + _band(bias_ptr, queries, chans, col, T, D, W, GROUP, PER_HEAD) + neg_lse)
+                dv += p * d_avg
+                r = p * (d_avg * value - delta)
+                dk += r
+                if BIAS_GRAD:
+                    if PER_HEAD:
+                        tl.atomic_add(dbias_ptr + chans * W + col, tl.sum(r, 0), mask=chans < D)
+                    else:
+                        tl.atomic_add(dbias_ptr + queries * W + col, tl.sum(r, 1), mask=(queries >= 0) & (queries < T))
         mask = (rows < T)[:, None] & (chans < D)[None, :]
         _store_gradients(q_ptr, out_ptr, dout_ptr, dq_ptr, dk_ptr, dv_ptr, rows[:, None] * D + chans[None, :], mask,
                          dk, dv, GATED)
+
+
+# ------------------------------------------------------------- the band as tile products
+#
+# For a bias over positions (AFT-local) the band terms of a tile of rows and a tile of keys
+# separate: exp(K[t', c] + w[t, t']) = exp(w[t, t'] - r[t]) exp(K[t', c] - k[c]) exp(r[t] + k[c])
+# with r the tile's largest bias per row and k its largest key per channel, so their sums
+# are two matrix products of a (BLOCK_T, BLOCK_T) tile of exp(w - r) with (BLOCK_T, BLOCK_D)
+# tiles of exp(K - k) and exp(K - k) V: BLOCK_T / BLOCK_D + 1 exponentials per (row,
+# channel) and key tile instead of BLOCK_T. A product whose terms were all far below its
+# shift r + k (a large bias where the key is small) may have lost them to float32
+# underflow; such a pair of tiles is summed term by term instead, exactly.
+
+MIN_PRODUCT = tl.constexpr(2.0**-60)  # forward: a shifted sum below this falls back to the terms
+MAX_EXPONENT = tl.constexpr(40.0)  # backward: a shift above lse by more than this falls back
+
+
+@triton.jit
+def _band_tile(bias_ptr, t, key, T, W, window, band_lo):
+    """``(w[t, key], inside)`` for broadcastable position tensors ``t`` and ``key``: the band
+    entries of a ``(T, W)`` band over positions as float32, ``NEG`` outside the band or ``[0, T)``."""
+    offset = t - key
+    inside = (offset >= band_lo) & (offset < window) & (t >= 0) & (t < T) & (key >= 0) & (key < T)
+    w = tl.load(bias_ptr + t * W + (offset - band_lo), mask=inside, other=0.0).to(tl.float32)
+    return tl.where(inside, w, NEG), inside
+
+
+@triton.jit
+def _shifted_rows(w, inside):
+    """``(exp(w - r), r)``: each row's largest entry ``r`` (``NEG`` for an empty row), 0 outside."""
+    row_max = tl.max(w, 1)
+    return tl.where(inside, tl.exp(w - row_max[:, None]), 0.0), row_max
+
+
+@triton.jit
+def _any(mask):
+    """Whether any entry of a boolean tile is set (a scalar)."""
+    return tl.max(mask.to(tl.int32)) > 0
+
+
+@triton.jit
+def _band_products_forward(m, a, s, k_ptr, v_ptr, bias_ptr, first, chans, T, D, HK, window, band_lo, W,
+                           GROUP: tl.constexpr, PRECISION: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Merge the band terms of rows ``first + arange(BLOCK_T)`` into their states ``(m, a, s)``,
+    one key tile at a time: ``den = exp(w - r) @ exp(K - k)``, ``num = exp(w - r) @ (exp(K - k) V)``
+    at shift ``r + k``, or term by term where ``den < MIN_PRODUCT``."""
+    rows = first + tl.arange(0, BLOCK_T)
+    for start in range(tl.maximum(first - window + 1, 0), tl.minimum(first + BLOCK_T - band_lo, T), BLOCK_T):
+        keys = start + tl.arange(0, BLOCK_T)
+        w, inside = _band_tile(bias_ptr, rows[:, None], keys[None, :], T, W, window, band_lo)
+        ew, row_max = _shifted_rows(w, inside)
+        key = _tile(k_ptr, keys, chans // GROUP, T, HK, NEG)
+        key_max = tl.max(key, 0)
+        ek = tl.exp(key - key_max[None, :])
+        den = tl.dot(ew, ek, input_precision=PRECISION)
+        if _any((den < MIN_PRODUCT) & (row_max > NEG)[:, None] & (chans < D)[None, :]):
+            m, a, s = _pair_terms_forward(m, a, s, k_ptr, v_ptr, bias_ptr, rows, start, chans, T, D, HK,
+                                          window, band_lo, W, GROUP, BLOCK_T)
+        else:
+            num = tl.dot(ew, ek * _tile(v_ptr, keys, chans, T, D, 0.0), input_precision=PRECISION)
+            m, a, s = online.merge(m, a, s, row_max[:, None] + key_max[None, :], den, num)
+    return m, a, s
+
+
+@triton.jit
+def _pair_terms_forward(m, a, s, k_ptr, v_ptr, bias_ptr, rows, start, chans, T, D, HK, window, band_lo, W,
+                        GROUP: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Push the band terms of ``rows`` with keys ``start + arange(BLOCK_T)`` onto their states
+    ``(m, a, s)`` one by one."""
+    for j in range(BLOCK_T):
+        key = start + j + tl.arange(0, 1)
+        logit, x, y = _key_terms(k_ptr, v_ptr, key, chans, T, D, HK, GROUP)  # (1, BLOCK_D)
+        w, inside = _band_tile(bias_ptr, rows, key, T, W, window, band_lo)  # (BLOCK_T,)
+        keep = inside.to(tl.float32)[:, None]
+        m, a, s = online.push(m, a, s, logit + w[:, None], x * keep, y * keep)
+    return m, a, s
+
+
+@triton.jit
+def _band_products_backward(dk, dv, key, value, q_ptr, out_ptr, lse_ptr, dout_ptr, bias_ptr, dbias_ptr, first,
+                            chans, T, D, window, band_lo, W,
+                            GATED: tl.constexpr, BIAS_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+                            BLOCK_T: tl.constexpr):
+    """Add the band's share to ``dk, dv`` of keys ``first + arange(BLOCK_T)`` (and to the band
+    gradient), one query tile at a time: with ``p = exp(w - r) exp(K - k) e``, ``e = exp(r + k - lse)``::
+
+        dV = exp(K - k) (exp(w - r)^T @ (G e)),  dK = exp(K - k) (V (exp(w - r)^T @ (G e)) - exp(w - r)^T @ (delta e))
+        dw = exp(w - r) ((G e) @ (exp(K - k) V)^T - (delta e) @ exp(K - k)^T)
+
+    or term by term where ``r + k - lse > MAX_EXPONENT``."""
+    keys = first + tl.arange(0, BLOCK_T)
+    key_max = tl.max(key, 0)
+    ek = tl.exp(key - key_max[None, :])
+    for start in range(tl.maximum(first + band_lo, 0), tl.minimum(first + BLOCK_T + window - 1, T), BLOCK_T):
+        queries = start + tl.arange(0, BLOCK_T)
+        w, inside = _band_tile(bias_ptr, queries[:, None], keys[None, :], T, W, window, band_lo)
+        ew, row_max = _shifted_rows(w, inside)
+        neg_lse, d_avg, delta = _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, queries, chans, T, D, GATED)
+        exponent = row_max[:, None] + key_max[None, :] + neg_lse
+        if _any((exponent > MAX_EXPONENT) & (row_max > NEG)[:, None] & (chans < D)[None, :]):
+            dk, dv = _pair_terms_backward(dk, dv, key, value, q_ptr, out_ptr, lse_ptr, dout_ptr, bias_ptr, dbias_ptr,
+                                          keys, start, chans, T, D, window, band_lo, W, GATED, BIAS_GRAD, BLOCK_T)
+        else:
+            scale = tl.exp(exponent)
+            g, e = d_avg * scale, delta * scale
+            ew_t = tl.trans(ew)
+            dv_band = tl.dot(ew_t, g, input_precision=PRECISION)
+            dv += ek * dv_band
+            dk += ek * (value * dv_band - tl.dot(ew_t, e, input_precision=PRECISION))
+            if BIAS_GRAD:
+                dw = ew * (tl.dot(g, tl.trans(ek * value), input_precision=PRECISION)
+                           - tl.dot(e, tl.trans(ek), input_precision=PRECISION))
+                offset = queries[:, None] - keys[None, :]
+                tl.atomic_add(dbias_ptr + queries[:, None] * W + (offset - band_lo), dw, mask=inside)
+    return dk, dv
+
+
+@triton.jit
+def _pair_terms_backward(dk, dv, key, value, q_ptr, out_ptr, lse_ptr, dout_ptr, bias_ptr, dbias_ptr, keys, start,
+                         chans, T, D, window, band_lo, W,
+                         GATED: tl.constexpr, BIAS_GRAD: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The band's share from queries ``start + arange(BLOCK_T)``, term by term."""
+    for j in range(BLOCK_T):
+        query = start + j + tl.arange(0, 1)
+        neg_lse, d_avg, delta = _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, query, chans, T, D, GATED)  # (1, BLOCK_D)
+        w, inside = _band_tile(bias_ptr, query, keys, T, W, window, band_lo)  # (BLOCK_T,)
+        p = tl.where(inside[:, None], tl.exp(key + w[:, None] + neg_lse), 0.0)
+        dv += p * d_avg
+        r = p * (d_avg * value - delta)
+        dk += r
+        if BIAS_GRAD:
+            tl.atomic_add(dbias_ptr + query * W + (query - keys - band_lo), tl.sum(r, 1), mask=inside)
+    return dk, dv
 
 
 # ------------------------------------------------------------------------------ launch
@@ -354,12 +501,15 @@ class Band:
 @dataclass(frozen=True)
 class Blocks:
     """Launch shape: ``t`` rows per tile, ``d`` channels per program, row ``chunks`` swept
-    in parallel per channel block (``None``: enough to fill the device), ``warps``."""
+    in parallel per channel block (``None``: enough to fill the device), ``warps``, and
+    whether a band over positions (AFT-local) is summed as ``t x t`` tile ``products``
+    (``tl.dot``; ``t, d >= 16``) rather than term by term."""
 
     t: int = 32
     d: int = 32
     chunks: int | None = None
     warps: int = 4
+    products: bool = False
 
 
 @dataclass(frozen=True)
@@ -369,16 +519,36 @@ class _Launch:
     tiles_per_chunk: int
     n_chunks: int
     grid: tuple[int, int]
+    precision: str  # of tl.dot, fixed at the forward pass (:func:`_dot_precision`)
 
 
-def default_blocks(v: Tensor) -> Blocks:
+def default_blocks(v: Tensor, band: Band) -> Blocks:
     """Small tiles on the CPU (interpreter); on CUDA 32 x 32, chunked to fill the device.
+    Tile products (at 8 warps) for a band over positions inside :func:`aft.kernels.band_products`.
 
     On an H100 (B=4, T=16384, D in 256, 1024, causal) 32 x 32 tiles in chunks of about
     two programs per multiprocessor beat 16- and 64-wide channel blocks, 16- and 64-row
-    tiles and unchunked sweeps (about 2x slower), forward and backward.
+    tiles and unchunked sweeps (about 2x slower), forward and backward (term by term).
     """
-    return Blocks(t=32, d=32) if v.device.type == "cuda" else Blocks(t=16, d=16)
+    size = 32 if v.device.type == "cuda" else 16
+    if kernels.band_products_default() and band.width > 0 and not band.per_head:
+        return Blocks(t=size, d=size, warps=8, products=True)  # 4 warps spill registers (compile_kernels.py)
+    return Blocks(t=size, d=size)
+
+
+def _check_blocks(blocks: Blocks, band: Band) -> None:
+    if blocks.products and band.per_head:
+        raise ValueError("Blocks(products=True) sums a band over positions (AFT-local); use products=False here")
+    if blocks.products and min(blocks.t, blocks.d) < 16:
+        raise ValueError(f"Blocks(products=True) needs t and d >= 16 (tl.dot), got t={blocks.t}, d={blocks.d}")
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s precision for inputs of ``dtype``: IEEE float32 for float32 inputs unless
+    PyTorch allows TF32 for their matrix products (``torch.set_float32_matmul_precision``);
+    TF32 for float16 and bfloat16 inputs, whose own rounding is coarser."""
+    full = dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest"
+    return "ieee" if full else "tf32"
 
 
 def _multiprocessors(device: torch.device) -> int:
@@ -395,7 +565,7 @@ def _launch(v: Tensor, blocks: Blocks) -> _Launch:
         chunks = math.ceil(target / programs)
     tiles_per_chunk = triton.cdiv(n_tiles, max(1, min(chunks, n_tiles)))
     n_chunks = triton.cdiv(n_tiles, tiles_per_chunk)
-    return _Launch(blocks, n_tiles, tiles_per_chunk, n_chunks, (programs, n_chunks))
+    return _Launch(blocks, n_tiles, tiles_per_chunk, n_chunks, (programs, n_chunks), _dot_precision(v.dtype))
 
 
 def _shifts(band: Band, backward: bool) -> tuple[int, int]:
@@ -467,7 +637,8 @@ def _forward(
         gate, k, v, bias, out, lse, *summaries,
         T, D, HK, band.window, band.lo, band.width, *_shifts(band, False), launch.tiles_per_chunk,
         GROUP=D // HK, CAUSAL=band.causal, GATED=q is not None, GLOBAL=band.global_connectivity,
-        PER_HEAD=band.per_head, STORE_LSE=store_lse, BLOCK_T=blocks.t, BLOCK_D=blocks.d, num_warps=blocks.warps,
+        PER_HEAD=band.per_head, STORE_LSE=store_lse, PRODUCTS=blocks.products, PRECISION=launch.precision,
+        BLOCK_T=blocks.t, BLOCK_D=blocks.d, num_warps=blocks.warps,
     )
     return out, lse
 
@@ -492,7 +663,8 @@ def _backward(
         gate, k, v, bias, out, lse, dout, *summaries, dq, dk, dv, dbias,
         T, D, HK, band.window, band.lo, band.width, *_shifts(band, True), launch.tiles_per_chunk,
         GROUP=D // HK, CAUSAL=band.causal, GATED=q is not None, GLOBAL=band.global_connectivity,
-        PER_HEAD=band.per_head, BIAS_GRAD=bias_grad, BLOCK_T=blocks.t, BLOCK_D=blocks.d, num_warps=blocks.warps,
+        PER_HEAD=band.per_head, BIAS_GRAD=bias_grad, PRODUCTS=blocks.products, PRECISION=launch.precision,
+        BLOCK_T=blocks.t, BLOCK_D=blocks.d, num_warps=blocks.warps,
     )
     if HK != D:
         dk = dk.view(B, T, HK, D // HK).sum(-1).to(k.dtype)
@@ -544,4 +716,6 @@ def banded_aft(
     Returns:
         ``(B, T, D)`` in ``v``'s dtype.
     """
-    return _BandedAFT.apply(q, k, v, bias, band, blocks or default_blocks(v))
+    blocks = blocks or default_blocks(v, band)
+    _check_blocks(blocks, band)
+    return _BandedAFT.apply(q, k, v, bias, band, blocks)

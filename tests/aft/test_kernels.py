@@ -54,17 +54,20 @@ def run_interpreted(test_file: str, min_passed: int) -> None:
 
 def test_interpreted_kernels() -> None:
     """This file under the Triton interpreter."""
-    run_interpreted(__file__, min_passed=30)
+    run_interpreted(__file__, min_passed=60)
 
 
 # ------------------------------------------------------------------------------ helpers
 
 
-def _blocks(t: int = 8, d: int = 8, chunks: int = 2):
+def _blocks(t: int = 8, d: int = 8, chunks: int = 2, products: bool = False):
     """A launch shape (imported lazily: Triton)."""
     from aft.kernels.banded import Blocks
 
-    return Blocks(t=t, d=d, chunks=chunks)
+    return Blocks(t=t, d=d, chunks=chunks, products=products)
+
+
+PRODUCTS = dict(t=16, d=16, chunks=2, products=True)  # the smallest tiles tl.dot takes
 
 
 def _randn(*shape: int, scale: float = 1.0, seed: int, device: str = "cpu") -> Tensor:
@@ -149,10 +152,59 @@ def test_launch_shapes(variant: str, causal: bool) -> None:
 
 
 @interpreted
+@pytest.mark.parametrize("products", [False, True])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("window", [1, 2, T, 100])
-def test_local_windows(causal: bool, window: int) -> None:
-    _check(_case("local_factorized", causal, 1.0, window=window), 1e-5)
+def test_local_windows(causal: bool, window: int, products: bool) -> None:
+    blocks = _blocks(**PRODUCTS) if products else None
+    _check(_case("local_factorized", causal, 1.0, window=window, blocks=blocks), 1e-5)
+
+
+@interpreted
+@pytest.mark.parametrize("variant", ["local_factorized", "local_dense"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_band_products_match_reference(variant: str, causal: bool, scale: float) -> None:
+    """AFT-local's band as tile products; at scale 100 the products underflow and every pair
+    of tiles is summed term by term instead."""
+    _check(_case(variant, causal, scale, blocks=_blocks(**PRODUCTS)), 4e-6 * (1.0 + scale))
+
+
+@interpreted
+@pytest.mark.parametrize("causal", [False, True])
+def test_band_products_fall_back_per_pair_of_tiles(causal: bool) -> None:
+    """A key 100 above the rest that the bias of some rows takes back (w = -100): those rows'
+    products with its tile underflow (e^-100 x e^-100) and are summed term by term, the other
+    pairs of tiles stay products; values and gradients exact, over two channel blocks."""
+    n, window = 37, 21
+    q, k, v = (_randn(2, n, 32, seed=s) for s in (1, 2, 3))
+    k[:, 20] += 100.0
+    w = _randn(n, n, seed=4)
+    w[::3, 20] -= 100.0
+    kernel = lambda q, k, v, w: kernels.aft_local(q, k, v, w, window, causal, _blocks(**PRODUCTS))  # noqa: E731
+    reference = lambda q, k, v, w: reference_aft(q, k, v, local_bias(w, window), causal)  # noqa: E731
+    _check((kernel, reference, [q, k, v, w]), 1e-5)
+
+
+@interpreted
+def test_band_products_launch_shapes() -> None:
+    """Tile products only for a band over positions, with tiles tl.dot can take; the default
+    launch shape uses them inside ``kernels.band_products(True)`` and only for AFT-local."""
+    from aft.kernels.banded import Band, default_blocks
+
+    q, k, v = (_randn(B, T, D, seed=s).float() for s in (1, 2, 3))
+    with pytest.raises(ValueError, match="band over positions"):
+        kernels.aft_conv1d(q, k[..., :HEADS], v, _randn(HEADS, 4, seed=4).float(), True, True, _blocks(**PRODUCTS))
+    with pytest.raises(ValueError, match="t and d >= 16"):
+        kernels.aft_local(q, k, v, _randn(T, T, seed=4).float(), 4, True, _blocks(8, 8, products=True))
+    assert not default_blocks(v, Band(4, True)).products
+    with kernels.band_products(True):
+        assert default_blocks(v, Band(4, True)).products
+        assert not default_blocks(v, Band(0, True)).products  # AFT-simple: no band
+        assert not default_blocks(v, Band(4, True, per_head=True)).products  # AFT-conv1d
+        u = _randn(T, 3, seed=4).float()
+        out = AF.aft_local(q, k, v, (u, u), 4, causal=True)
+    torch.testing.assert_close(out, AF.aft_local(q, k, v, (u, u), 4, causal=True), rtol=1e-5, atol=1e-6)
 
 
 @interpreted
@@ -266,6 +318,17 @@ def test_cuda_matches_torch_path(variant: str, causal: bool) -> None:
 @pytest.mark.parametrize("causal", [False, True])
 def test_cuda_extreme_scales(variant: str, causal: bool) -> None:
     _check(_cuda_case(variant, causal, 100.0, 1024, 64), 4e-6 * 101)
+
+
+@on_cuda
+@pytest.mark.parametrize("variant", ["local_factorized", "local_dense"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_cuda_band_products(variant: str, causal: bool, scale: float) -> None:
+    """AFT-local's band as tile products, compiled, against the float64 PyTorch path."""
+    n, d = (4096, 256) if scale == 1.0 else (1024, 64)
+    with kernels.band_products(True):
+        _check(_cuda_case(variant, causal, scale, n, d), 4e-6 * (1.0 + scale))
 
 
 @on_cuda

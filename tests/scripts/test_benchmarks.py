@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,10 @@ from tests.scripts.scripts import SCRIPTS, load_script
 ROOT = SCRIPTS.parent
 
 
-def run_script(name: str, out: Path, *args: str) -> dict:
+def run_script(name: str, out: Path, *args: str, env: dict[str, str] | None = None) -> dict:
     command = [sys.executable, str(SCRIPTS / name), "--device", "cpu", "--repeats", "1", "--out", str(out), *args]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=None if env is None else {**os.environ, **env})
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(out.read_text())
     assert record["command"].startswith(f"python {SCRIPTS / name}") and "CPU" in record["device"]
@@ -41,6 +43,20 @@ def test_bench_ops_records_every_operator_at_every_length(tmp_path: Path) -> Non
     }
     assert all(row["saved_bytes"] > 0 and row["seconds"] > 0 for row in record["rows"])
     assert record["bandwidth"] is None  # copy bandwidth is a CUDA measurement
+
+
+def test_bench_ops_times_each_kernel_variant_where_the_kernels_run(tmp_path: Path) -> None:
+    """Under Triton's interpreter the kernels run on the CPU: every AFT op appears as
+    ``[triton]`` and ``[torch]``, AFT-local also as ``[triton products]``."""
+    pytest.importorskip("triton")
+    record = run_script(
+        "bench_ops.py", tmp_path / "ops.json", "--batch", "1", "--dim", "16", "--heads", "2", "--bias-dim", "4",
+        "--lengths", "16", env={"TRITON_INTERPRET": "1"},
+    )
+    ops = {row["op"] for row in record["rows"]}
+    assert {"aft_local_w32[triton]", "aft_local_w32[triton products]", "aft_local_w32[torch]",
+            "aft_simple[triton]", "aft_simple[torch]"} <= ops
+    assert not any(op.startswith(("aft_simple", "aft_conv")) and "products" in op for op in ops)
 
 
 def test_bench_revision_times_both_versions_of_every_operator(tmp_path: Path) -> None:
@@ -112,6 +128,21 @@ def test_bench_model_measures_every_mixer_of_a_shape(monkeypatch: pytest.MonkeyP
     # one timed group per shape: the enwik8 shape (all its mixers), then the sweep's T=16 and T=32
     assert rounds[0] == sum(row["shape"] == "enwik8" for row in rows) and rounds[1:] == [3, 3]
     assert "enwik8   aft_local" in bench.summarize(rows)
+
+
+def test_bench_model_adds_tile_products_where_the_kernels_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the kernels run, AFT-local also runs inside ``kernels.band_products(True)``."""
+    bench = load_script("bench_model.py")
+    shape = {"seq_len": 16, "window": 4, "bias_dim": 4, "heads": 2}
+    cpu = bench.torch.device("cpu")
+    assert "aft_local (tile products)" not in bench.mixers(shape, 16, cpu)
+    monkeypatch.setattr(bench.kernels, "supports", lambda *tensors: True)
+    mixer = bench.mixers(shape, 16, cpu)["aft_local (tile products)"](dim=8)
+    monkeypatch.undo()  # the layer itself takes the PyTorch path on this CPU
+    seen: list[bool] = []
+    mixer.layer.register_forward_hook(lambda *_: seen.append(bench.kernels.band_products_default()))
+    mixer(bench.torch.randn(1, 16, 8))
+    assert seen == [True] and not bench.kernels.band_products_default()
 
 
 def test_alternating_medians_take_turns() -> None:
