@@ -3,9 +3,9 @@
 It runs the kernels' entry points (forward and backward) on small CPU tensors with Triton's
 launcher replaced by a recorder, so that the launch code picks the kernels, argument types,
 constexprs and warps exactly as it would on the GPU, for the launch shapes the GPU uses
-(``default_blocks`` on CUDA, and AFT-local's tile products at 4 and 8 warps). Each distinct
-launch is then compiled for ``--arch`` by Triton's own compiler and ``ptxas`` (shipped with
-Triton), and ``cuobjdump`` reads the binary's resource usage. A kernel that does not compile
+(``default_blocks`` on CUDA, and AFT-local's tile products at their default 8 warps and at
+4). Each distinct launch is then compiled for ``--arch`` by Triton's own compiler and
+``ptxas`` (shipped with Triton), and ``cuobjdump`` reads the binary's resource usage. A kernel that does not compile
 fails here as it would on the GPU (the interpreter of the tests accepts more); ``stack``
 bytes are registers spilled to local memory, a launch shape to avoid. No timing: that needs
 the GPU (scripts/bench_ops.py, scripts/tune_kernels.py).
@@ -127,17 +127,19 @@ def operators(dtype: torch.dtype) -> dict[str, dict[str, Callable[[], torch.Tens
     """Each op's variants at CUDA's launch shapes: ``{op: {variant: forward() -> out}}``."""
     T, D, heads = 64, 64, 8
 
-    def banded_blocks(v: torch.Tensor, band: banded.Band, **changes: object) -> banded.Blocks:
-        return replace(banded.default_blocks(_cuda_like(v), band), **changes)
+    def banded_blocks(v: torch.Tensor, band: banded.Band, products: bool = False, **changes: object) -> banded.Blocks:
+        with kernels.band_products(products):
+            return replace(banded.default_blocks(_cuda_like(v), band), **changes)
 
     def simple(causal: bool) -> torch.Tensor:
         q, k, v = _inputs((1, T, D), D, dtype)
         return kernels.aft_simple(q, k, v, causal, banded_blocks(v, banded.Band(0, causal)))
 
-    def local(causal: bool, **changes: object) -> torch.Tensor:
+    def local(causal: bool, products: bool = False, **changes: object) -> torch.Tensor:
         q, k, v = _inputs((1, T, D), D, dtype)
         u = torch.randn(T, 16, requires_grad=True)
-        return kernels.aft_local(q, k, v, (u, u), 32, causal, banded_blocks(v, banded.Band(32, causal), **changes))
+        blocks = banded_blocks(v, banded.Band(32, causal), products, **changes)
+        return kernels.aft_local(q, k, v, (u, u), 32, causal, blocks)
 
     def conv1d(causal: bool) -> torch.Tensor:
         q, k, v = _inputs((1, T, D), heads, dtype)
@@ -156,8 +158,8 @@ def operators(dtype: torch.dtype) -> dict[str, dict[str, Callable[[], torch.Tens
     return {
         "aft_simple": sequence(simple),
         "aft_local": sequence(local),
-        "aft_local_products": sequence(local, products=True),
-        "aft_local_products_8_warps": sequence(local, products=True, warps=8),
+        "aft_local_products": sequence(local, products=True),  # inside kernels.band_products(True): 8 warps
+        "aft_local_products_4_warps": sequence(local, products=True, warps=4),
         "aft_conv1d": sequence(conv1d),
         "aft_conv2d": {"global": lambda: conv2d_op(True), "kernel only": lambda: conv2d_op(False)},
     }
