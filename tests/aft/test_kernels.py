@@ -208,9 +208,10 @@ def test_band_products_launch_shapes() -> None:
 
 
 @interpreted
-def test_causal_growing_keys() -> None:
+@pytest.mark.parametrize("products", [False, True])
+def test_causal_growing_keys(products: bool) -> None:
     """Early keys e^-300 below later ones: a running maximum, no 0/0."""
-    n, blocks = 24, _blocks()
+    n, blocks = 24, _blocks(**PRODUCTS) if products else _blocks()
     k = torch.linspace(0, 300, n, dtype=torch.float64).view(1, n, 1) + _randn(1, n, 8, seed=1)
     v = _randn(1, n, 8, seed=2)
     w = _randn(n, n, seed=3)
@@ -222,10 +223,15 @@ def test_causal_growing_keys() -> None:
 
 
 @interpreted
-@pytest.mark.parametrize("variant", ["simple", "local_factorized", "local_dense", "conv1d"])
-def test_causal_leakage(variant: str) -> None:
-    """Outputs at <= t ignore inputs after t, and their gradients vanish there."""
-    kernel, _, inputs = _case(variant, True, 1.0)
+@pytest.mark.parametrize(
+    "variant, products",
+    [("simple", False), ("local_factorized", False), ("local_dense", False), ("conv1d", False),
+     ("local_factorized", True), ("local_dense", True)],
+)
+def test_causal_leakage(variant: str, products: bool) -> None:
+    """Outputs at <= t ignore inputs after t, and their gradients vanish there (with tile
+    products too, whose key tiles reach past the row)."""
+    kernel, _, inputs = _case(variant, True, 1.0, blocks=_blocks(**PRODUCTS) if products else None)
     x = [a.float() for a in inputs]
     out = kernel(*x)
     for t in (0, 12):
