@@ -23,8 +23,9 @@ in-tile scan), adds the other side from per-tile summaries written beforehand by
 the opposite direction (non-causal only), and adds the band term by term, each with the
 exact running maximum, or, for a band over positions (AFT-local) with ``Blocks.products``,
 as matrix products of tiles (section "the band as tile products" below). Chunks after the
-first start from the merged summaries of the chunks before them. Nothing ``T x T`` or ``T x window x D`` is formed; every pass reads and
-writes ``O(T D)`` bytes plus ``O(T W)`` of band.
+first start from the merged summaries of the chunks before them. Nothing ``T x T`` or
+``T x window x D`` is formed; every pass reads and writes ``O(T D)`` bytes plus ``O(T W)``
+of band.
 
 Backward. Autograd keeps the inputs, the gated output ``out`` and the per-``(t, c)``
 log-normalizer ``lse`` (float32). With ``p[t, t'] = exp(K[t'] + w[t, t'] - lse[t])``,
@@ -152,6 +153,14 @@ def _store_gradients(q_ptr, out_ptr, dout_ptr, dq_ptr, dk_ptr, dv_ptr, offs, mas
         grad = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         out = tl.load(out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         tl.store(dq_ptr + offs, (grad * out * (1.0 - gate)).to(dq_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _add_band_term(dk, dv, p, value, d_avg, delta):
+    """Add one band term ``p = p[t, t']`` per key row: ``dv += p G[t]``, ``dk += r`` with
+    ``r = p (G[t] V[t'] - delta[t])`` (module docstring); ``r`` is also returned for ``dw``."""
+    r = p * (d_avg * value - delta)
+    return dk + r, dv + p * d_avg, r
 
 
 @triton.jit
@@ -326,9 +335,7 @@ def _backward_kernel(
                 neg_lse, d_avg, delta = _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, queries, chans, T, D, GATED)
                 col = offset - band_lo
                 p = tl.exp(key + _band(bias_ptr, queries, chans, col, T, D, W, GROUP, PER_HEAD) + neg_lse)
-                dv += p * d_avg
-                r = p * (d_avg * value - delta)
-                dk += r
+                dk, dv, r = _add_band_term(dk, dv, p, value, d_avg, delta)
                 if BIAS_GRAD:
                     if PER_HEAD:
                         tl.atomic_add(dbias_ptr + chans * W + col, tl.sum(r, 0), mask=chans < D)
@@ -464,9 +471,7 @@ def _pair_terms_backward(dk, dv, key, value, q_ptr, out_ptr, lse_ptr, dout_ptr, 
         neg_lse, d_avg, delta = _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, query, chans, T, D, GATED)  # (1, BLOCK_D)
         w, inside = _band_tile(bias_ptr, query, keys, T, W, window, band_lo)  # (BLOCK_T,)
         p = tl.where(inside[:, None], tl.exp(key + w[:, None] + neg_lse), 0.0)
-        dv += p * d_avg
-        r = p * (d_avg * value - delta)
-        dk += r
+        dk, dv, r = _add_band_term(dk, dv, p, value, d_avg, delta)
         if BIAS_GRAD:
             tl.atomic_add(dbias_ptr + query * W + (query - keys - band_lo), tl.sum(r, 1), mask=inside)
     return dk, dv
