@@ -32,9 +32,10 @@ from functools import partial
 import torch
 from torch import nn
 
-from benchlib import add_common_arguments, alternating_medians, attempt, saved_bytes, write_record
+from benchlib import add_common_arguments, alternating_medians, attempt, write_record
 
 from aft.layers import AFTFull, AFTLocal, AFTSimple
+from aft.memory import saved_bytes
 
 try:
     import aft_pytorch

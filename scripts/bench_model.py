@@ -34,11 +34,12 @@ from functools import partial
 import torch
 from torch import nn
 
-from benchlib import add_common_arguments, alternating_medians, attempt, median_seconds, saved_bytes, write_record
+from benchlib import add_common_arguments, alternating_medians, attempt, median_seconds, write_record
 
 from aft import kernels
 from aft.baselines import MultiHeadAttention
 from aft.layers import AFTLocal, AFTSimple
+from aft.memory import saved_bytes
 from aft.models import Decoder
 
 # Paper ratios to the Transformer (L=24, d=256 rows): Table 2 and Table 4, iters/s and GB/GPU.

@@ -34,10 +34,11 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-from benchlib import add_common_arguments, median_seconds, saved_bytes, write_record
+from benchlib import add_common_arguments, median_seconds, write_record
 
 from aft import functional
 from aft import kernels
+from aft.memory import saved_bytes
 
 Op = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # Fewest bytes per element of a (B, T, D) float32 tensor: forward reads q, k, v and writes

@@ -24,10 +24,11 @@ from types import ModuleType
 import torch
 
 from bench_ops import build_ops, op_inputs
-from benchlib import add_common_arguments, alternating_medians, saved_bytes, write_record
+from benchlib import add_common_arguments, alternating_medians, write_record
 
 from aft import functional as current
 from aft import kernels
+from aft.memory import saved_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 

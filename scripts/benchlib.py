@@ -64,24 +64,6 @@ def attempt(measure: Callable[[], dict]) -> dict:
         return {"skipped": f"error: {str(error).splitlines()[0]}"}
 
 
-def saved_bytes(forward: Callable[[], object]) -> int:
-    """Bytes of the distinct storages autograd saves for backward while running ``forward()``.
-
-    Each storage counts once, however many tensors view it.
-    """
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = forward()
-    del out
-    return sum(storages.values())
-
-
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU and its thread count."""
     if device.type == "cuda":

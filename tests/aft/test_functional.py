@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from aft import functional as AF
+from aft.memory import saved_bytes, saved_storages
 from tests.aft.reference import conv1d_bias, conv2d_bias, local_bias, reference_aft
-from tests.aft.saved import saved_bytes, saved_storages
 
 B, T, D = 2, 37, 8
 
@@ -291,28 +291,19 @@ def test_autocast_core_in_float32(dtype: torch.dtype) -> None:
 def test_no_quadratic_tensor_saved_for_backward() -> None:
     """Bytes saved for backward grow linearly in T for simple, local (factorized), conv1d."""
 
-    def saved_bytes(fn, n: int) -> int:
-        total = 0
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
+    def saved_at(fn, n: int) -> int:
         q, k, v = (torch.randn(1, n, 16, requires_grad=True) for _ in range(3))
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn(q, k, v, n).sum()
-        return total
+        u = torch.randn(n, 8, requires_grad=True)
+        return saved_bytes(lambda: fn(q, k, v, u).sum())
 
-    u = torch.randn(4096, 8, requires_grad=True)
     wc = torch.randn(4, 9, requires_grad=True)
     for fn in (
-        lambda q, k, v, n: AF.aft_simple(q, k, v, causal=True),
-        lambda q, k, v, n: AF.aft_local(q, k, v, (u[:n], u[:n]), 32, causal=True),
-        lambda q, k, v, n: AF.aft_local(q, k, v, (u[:n], u[:n]), 32),
-        lambda q, k, v, n: AF.aft_conv1d(q, k[..., :4], v, wc),
+        lambda q, k, v, u: AF.aft_simple(q, k, v, causal=True),
+        lambda q, k, v, u: AF.aft_local(q, k, v, (u, u), 32, causal=True),
+        lambda q, k, v, u: AF.aft_local(q, k, v, (u, u), 32),
+        lambda q, k, v, u: AF.aft_conv1d(q, k[..., :4], v, wc),
     ):
-        small, large = saved_bytes(fn, 512), saved_bytes(fn, 4096)
+        small, large = saved_at(fn, 512), saved_at(fn, 4096)
         assert large <= 8.5 * small, (small, large)
 
 

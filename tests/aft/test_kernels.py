@@ -23,8 +23,8 @@ from torch import Tensor
 
 from aft import functional as AF
 from aft import kernels
+from aft.memory import saved_bytes
 from tests.aft.reference import conv1d_bias, local_bias, reference_aft
-from tests.aft.saved import saved_bytes
 
 INTERPRETED = kernels.interpreting()
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs under TRITON_INTERPRET=1 in test_interpreted_kernels")

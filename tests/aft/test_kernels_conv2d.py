@@ -15,8 +15,8 @@ from torch import Tensor
 
 from aft import functional as AF
 from aft import kernels
+from aft.memory import saved_bytes
 from tests.aft.reference import conv2d_bias, reference_aft
-from tests.aft.saved import saved_bytes
 from tests.aft.test_kernels import Case, _assert_close, _blocks, _check, _randn, interpreted, on_cuda, run_interpreted
 
 B, Y, X, D, HEADS, SIZE = 1, 5, 6, 4, 2, 3  # the interpreter's cost grows with Y X D S^2
