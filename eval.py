@@ -13,11 +13,8 @@ device and command. Enwik8 scores every byte, CIFAR10 every sub-pixel, ImageNet 
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
-import platform
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from aft.provenance import provenance
 from aft.runs import load_config, locate
 from aft.training import checkpoint as ckpt
 from aft.training.distributed import DistInfo
@@ -35,12 +33,6 @@ def config_hash(cfg: DictConfig) -> str:
     """First 12 hex digits of the SHA-256 of the resolved config."""
     text = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
 
 
 def speed_example(data: Any, batch_size: int) -> torch.Tensor:
@@ -69,11 +61,8 @@ def evaluate_run(args: argparse.Namespace) -> list[Path]:
         "checkpoint": str(checkpoint),
         "step": state["step"],
         "overrides": args.overrides,
-        "device": device_name(device),
         "precision": precision,
-        "torch": torch.__version__,
-        "command": "python " + " ".join(sys.argv),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(device),
     }
     speed = None
     if args.speed:

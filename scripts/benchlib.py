@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from aft.provenance import provenance
 
 
 def sync(device: torch.device) -> None:
@@ -64,13 +64,6 @@ def attempt(measure: Callable[[], dict]) -> dict:
         return {"skipped": f"error: {str(error).splitlines()[0]}"}
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU and its thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
 def add_common_arguments(parser: argparse.ArgumentParser, repeats: int | None) -> None:
     """``--repeats`` (unless ``None``), ``--device`` (CUDA when there is one) and ``--out`` (the JSON record)."""
     if repeats is not None:
@@ -80,10 +73,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, repeats: int | None) -
 
 
 def write_record(path: Path | None, device: torch.device, **fields: Any) -> None:
-    """Write ``fields`` with the command, the device and the torch version as JSON to ``path``."""
+    """Write ``fields`` after :func:`aft.provenance.provenance` (command, commit, device, torch
+    version, time) as JSON to ``path``."""
     if path is None:
         return
-    record = {"command": "python " + " ".join(sys.argv), "device": device_name(device), "torch": torch.__version__}
-    record.update(fields)
+    record = {**provenance(device), **fields}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")

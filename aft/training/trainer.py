@@ -5,7 +5,9 @@ One optimizer update consumes ``trainer.batch_size`` samples (the global batch),
 each, so the run does not depend on the number of GPUs. Every ``checkpoint_every`` updates
 (and at the end, and on SIGTERM/SIGUSR1 from SLURM) rank 0 writes an atomic checkpoint with
 the model, optimizer, grad scaler, scheduler, RNG states and the data position; relaunching
-the same command resumes from it and continues the same loss curve.
+the same command resumes from it and continues the same loss curve. Each start appends a
+line to ``provenance.jsonl`` in the run folder: the commit, device, torch version, command,
+world size and the step it started from.
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from aft.position_bias import sparsity_regularizer
+from aft.provenance import provenance
 from aft.training import checkpoint as ckpt
 from aft.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from aft.training.evaluate import autocast, evaluate, lm_nll
 from aft.training.logger import MetricLogger
+
+
+PROVENANCE_FILE = "provenance.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -224,6 +230,9 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any]:
             resume_step=position.step,
         )
         (run_dir / "data.json").write_text(_json(data.describe()))
+        with open(run_dir / PROVENANCE_FILE, "a") as starts:  # one line per start: resumes may run other code
+            start = {**provenance(dist.device), "world_size": dist.world_size, "start_step": position.step}
+            starts.write(json.dumps(start) + "\n")
         if resume_from is not None:
             print(f"resumed from {resume_from} at step {position.step}", flush=True)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from aft.provenance import code_revision
 from tests.scripts.scripts import SCRIPTS, load_script
 
 ROOT = SCRIPTS.parent
@@ -27,6 +28,7 @@ def run_script(name: str, out: Path, *args: str, env: dict[str, str] | None = No
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(out.read_text())
     assert record["command"].startswith(f"python {SCRIPTS / name}") and "CPU" in record["device"]
+    assert record["commit"] == code_revision()
     return record
 
 

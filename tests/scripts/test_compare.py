@@ -18,7 +18,7 @@ def record(experiment: str, split: str, created: str, overrides: list[str] | Non
     """A record as eval.py writes it."""
     return {
         "experiment": experiment, "config_hash": "0" * 12, "split": split, "step": 1000, "device": "test GPU",
-        "overrides": overrides or [], "created": created, "command": "python eval.py ...",
+        "overrides": overrides or [], "created": created, "command": "python eval.py ...", "commit": "0123abc",
         "metrics": {"count": 10, "complete": True, **metrics},
     }
 
@@ -81,7 +81,7 @@ def test_report_with_some_runs(tmp_path: Path) -> None:
     assert "80.8 / not measured" in row(report, "Table 7:", "AFT-conv small kernel=11 heads=384")  # incomplete
     assert "76.9 / not run" in row(report, "Table 7:", "ResNet50 kernel=3")
     assert "3.14 / no config" in row(report, "Table 2:", "PixelCNN")
-    assert "- `new.json`: split test, step 1000, test GPU, 2026-02-01T00:00:00+00:00" in report
+    assert "- `new.json`: split test, step 1000, test GPU, 2026-02-01T00:00:00+00:00, commit 0123abc" in report
     assert "old.json" not in report and "valid.json" not in report
 
 

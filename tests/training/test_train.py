@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from aft.provenance import code_revision
 from aft.training.checkpoint import load
+from aft.training.trainer import PROVENANCE_FILE
 from aft.training.logger import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +67,7 @@ def test_main_command_trains_loss_falls_and_evaluates(tmp_path: Path) -> None:
     final_test = [r["test_bits"] for r in records if "test_bits" in r][-1]
     assert record["metrics"]["bits"] == pytest.approx(final_test, rel=1e-5)
     assert record["metrics"]["samples_per_sec"] > 0 and record["step"] == 60
+    assert record["commit"] == code_revision() and record["command"].startswith("python eval.py")
 
 
 def test_killed_run_resumes_on_the_same_curve(tmp_path: Path) -> None:
@@ -86,6 +89,9 @@ def test_killed_run_resumes_on_the_same_curve(tmp_path: Path) -> None:
     assert sorted(resumed) == list(range(1, 41))
     for step in range(1, 41):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+    starts = [json.loads(line) for line in (run / PROVENANCE_FILE).read_text().splitlines()]
+    assert len(starts) == 2 and starts[0]["start_step"] == 0 and 0 < starts[1]["start_step"] <= killed_at
+    assert all(start["commit"] == code_revision() and start["world_size"] == 1 for start in starts)
 
 
 def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path: Path) -> None:

@@ -1,0 +1,60 @@
+"""Where a number came from: the code revision, the device, the software and the command.
+
+Every record this codebase writes (a benchmark under ``results/bench/``, an evaluation under
+``results/runs/``, each start of a training run in its folder) carries :func:`provenance`, so a
+number can be traced to the commit that produced it and re-run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REVISION_ENV = "AFT_CODE_REVISION"  # set it where the code is a copy without .git (a device machine)
+_REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def code_revision(repository: Path = _REPOSITORY) -> str:
+    """The git commit of ``repository`` (this code's checkout), with ``+dirty`` when tracked
+    files differ from it; ``$AFT_CODE_REVISION`` when set; ``"unknown"`` outside a git checkout."""
+    if os.environ.get(REVISION_ENV):
+        return os.environ[REVISION_ENV]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(repository), *args], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    if not (repository / ".git").exists():  # an installed copy: no checkout of its own
+        return "unknown"
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """``command``, ``commit``, ``device``, ``torch`` version and ``created`` (UTC) of this process."""
+    return {
+        "command": "python " + " ".join(sys.argv),
+        "commit": code_revision(),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
