@@ -26,14 +26,14 @@ def code_revision(repository: Path = _REPOSITORY) -> str:
     files differ from it; ``$AFT_CODE_REVISION`` when set; ``"unknown"`` outside a git checkout."""
     if os.environ.get(REVISION_ENV):
         return os.environ[REVISION_ENV]
+    if not (repository / ".git").exists():  # an installed copy: no checkout of its own
+        return "unknown"
 
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", "-C", str(repository), *args], capture_output=True, text=True, check=True, timeout=30
         ).stdout.strip()
 
-    if not (repository / ".git").exists():  # an installed copy: no checkout of its own
-        return "unknown"
     try:
         commit = git("rev-parse", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")

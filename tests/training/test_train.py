@@ -14,8 +14,8 @@ import pytest
 
 from aft.provenance import code_revision
 from aft.training.checkpoint import load
-from aft.training.trainer import PROVENANCE_FILE
 from aft.training.logger import read_metrics
+from aft.training.trainer import PROVENANCE_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 # The README's main command (the embedded default), shrunk so each run takes seconds.
