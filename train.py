@@ -5,8 +5,8 @@
     torchrun --nproc_per_node=8 train.py experiment=cifar10_aft_local256_l24_d256
     python train.py -m hydra/launcher=slurm_v100 experiment=enwik8_aft_local32_l24_d256 model.mixer.window=16,32,64
 
-The run folder is runs/<overrides> (runs/default without overrides): the same command
-writes to, and resumes from, the same folder. Configuration mistakes and bad data stop the
+The run folder is runs/<experiment>[-<hash of the overrides that change the result>]
+(aft/run_name.py): the same command writes to, and resumes from, the same folder. Configuration mistakes and bad data stop the
 run with one line that names the fix.
 """
 
@@ -20,13 +20,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from aft.run_name import run_name
 from aft.training.checkpoint import CheckpointError
 from aft.training.trainer import NonFiniteLossError, train
 from data.base import DataError
 
 USER_ERRORS = (ValueError, FileNotFoundError, DataError, CheckpointError, NonFiniteLossError)
 
-OmegaConf.register_new_resolver("run_name", lambda overrides: overrides or "default", replace=True)
+OmegaConf.register_new_resolver("run_name", lambda experiment, overrides: run_name(experiment, overrides), replace=True)
 
 
 def _root_cause(error: BaseException) -> BaseException:
