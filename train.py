@@ -40,7 +40,8 @@ def _root_cause(error: BaseException) -> BaseException:
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        hydra_cfg = HydraConfig.get()
+        train(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
     except Exception as error:
         cause = _root_cause(error)
         if isinstance(cause, USER_ERRORS):

@@ -21,6 +21,9 @@ Sharding
 --------
 Train loaders use a seeded distributed sampler (``DistributedSampler`` or an equivalent) with its epoch
 set; call ``train_dataloader(..., epoch=e)`` once per epoch. Train loaders drop the last partial batch.
+Modules whose augmentations draw from the global RNGs (timm's transforms: ImageNet) set ``seeds_draws``:
+each draw then runs with Python's, NumPy's and torch's RNGs seeded by ``(seed, epoch, rank, position in
+the epoch)``, so augmentation does not depend on ``num_workers`` and a mid-epoch resume is exact.
 Eval loaders give each rank a contiguous, unpadded shard (no sample is repeated), so sums of losses and
 counts all-reduced over ranks are exact.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sized
 from pathlib import Path
@@ -37,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from torchvision.datasets.utils import calculate_md5
 
 if TYPE_CHECKING:
@@ -96,6 +100,47 @@ class EvalShardSampler(Sampler[int]):
         return self.stop - self.start
 
 
+class _DrawSeeds(Sampler[tuple[int, int]]):
+    """The indices of ``sampler``, each paired with the seed of its draw, ``seed_for(seed, epoch, rank, i)``."""
+
+    def __init__(self, sampler: Sampler[int], seed: int, epoch: int, rank: int) -> None:
+        self.sampler, self.parts = sampler, (seed, epoch, rank)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for position, index in enumerate(self.sampler):
+            yield index, seed_for(*self.parts, position)
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+
+class SeededDraws(Dataset):
+    """``dataset[index]`` computed under Python's, NumPy's and torch's RNGs seeded for one draw.
+
+    Items are ``(index, seed)`` pairs from :class:`_DrawSeeds`; the caller's RNG states are restored
+    afterwards (with ``num_workers=0`` the draw runs in the training process).
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                torch.manual_seed(seed)
+                return self.dataset[index]
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
 class DataModule(ABC):
     """A dataset with its splits, DDP-sharded loaders and a record of what was read.
 
@@ -108,12 +153,18 @@ class DataModule(ABC):
         image_size: training image side in pixels (classification), else None.
         eval_splits: held-out splits to evaluate, e.g. ``("valid", "test")``;
             ``eval_dataloader`` also accepts ``"train"``.
+        valid_split: the split of ``eval_splits`` that periodic evaluation during training uses.
+        seeds_draws: augmentations draw from the global RNGs, so each draw is seeded (module docstring).
+        label_smoothing: label smoothing of the training cross-entropy (classification).
         bits_unit: name of ``loss / ln 2`` for lm data: ``"bpc"`` (bytes) or ``"bits_per_dim"``
             (sub-pixels), as the paper's tables report it.
     """
 
     task: Task
     eval_splits: tuple[str, ...]
+    valid_split: str
+    seeds_draws: bool = False
+    label_smoothing: float = 0.0
     bits_unit: str | None = None
     vocab_size: int | None = None
     bos_token: int | None = None
@@ -166,8 +217,7 @@ class DataModule(ABC):
         """Shuffled, augmented loader over this rank's shard of the training split for ``epoch``.
 
         Batches: ``LongTensor (B, T + 1)`` (lm) or ``(FloatTensor (B, 3, H, W), LongTensor (B,))``
-        (classification). Order and augmentation are a function of ``(seed, epoch, rank)`` and, where
-        augmentations come from library transforms (ImageNet), of ``num_workers``.
+        (classification). Order and augmentation are a function of ``(seed, epoch, rank)`` only.
         """
         dataset = self._train_dataset(seed, epoch)
         sampler = self._train_sampler(dataset, rank, world_size, seed, epoch)
@@ -176,17 +226,26 @@ class DataModule(ABC):
                 f"{self.record.get('name')}: rank {rank} has {len(sampler)} training samples per epoch, "
                 f"fewer than batch_size {batch_size}; use more data or a smaller batch/sequence"
             )
+        if self.seeds_draws:
+            dataset, sampler = SeededDraws(dataset), _DrawSeeds(sampler, seed, epoch, rank)
         return self._loader(dataset, sampler, batch_size, train=True, seed=seed_for(seed, epoch, rank))
 
-    def eval_dataloader(self, split: str, batch_size: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    def eval_dataloader(
+        self, split: str, batch_size: int, rank: int = 0, world_size: int = 1, limit: int | None = None
+    ) -> DataLoader:
         """In-order, un-augmented loader over this rank's contiguous shard of ``split``.
 
+        ``limit`` keeps that many samples evenly spaced over the split (all when None or larger), the
+        same ones for any ``world_size``: the periodic evaluation during training.
         Batches: ``(LongTensor (B, T + 1), BoolTensor (B, T))`` (lm) or
         ``(FloatTensor (B, 3, H, W), LongTensor (B,))`` (classification); the last batch may be smaller.
         """
         if split not in (*self.eval_splits, "train"):
             raise ValueError(f"unknown split {split!r}; expected one of {(*self.eval_splits, 'train')}")
         dataset = self._eval_dataset(split)
+        if limit is not None and limit < len(dataset):  # type: ignore[arg-type]
+            n = len(dataset)  # type: ignore[arg-type]
+            dataset = Subset(dataset, [i * n // limit for i in range(limit)])
         return self._loader(dataset, EvalShardSampler(dataset, rank, world_size), batch_size, train=False, seed=0)
 
     def mixup_fn(self) -> Mixup | None:

@@ -128,6 +128,7 @@ class ByteStreamDataModule(DataModule):
     bits_unit = "bpc"
     vocab_size = 256
     eval_splits = ("valid", "test")
+    valid_split = "valid"  # the standard 5M-byte validation split (§5.2)
 
     def __init__(
         self,

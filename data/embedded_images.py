@@ -76,6 +76,7 @@ class EmbeddedImages(DataModule):
 
     task = "classification"
     eval_splits = ("test",)
+    valid_split = "test"  # the only held-out split
 
     def __init__(
         self,

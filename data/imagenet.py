@@ -78,7 +78,7 @@ class ImageNet(DataModule):
 
     Batches: ``(FloatTensor (B, 3, S, S), LongTensor (B,))``, ``S = image_size`` for train and
     ``eval_image_size`` for eval; apply ``mixup_fn()`` to train batches (soft targets). When Mixup and
-    CutMix are both off, ``mixup_fn()`` is None and ``label_smoothing`` is left to the loss.
+    CutMix are both off, ``mixup_fn()`` is None and the training loss applies ``label_smoothing`` itself.
 
     Args:
         root: folder with ``train/`` and ``val/`` (folder) or the parquet files (parquet).
@@ -95,6 +95,8 @@ class ImageNet(DataModule):
 
     task = "classification"
     eval_splits = ("val",)
+    valid_split = "val"  # ILSVRC2012 val: the only held-out split, reported as the test set (§5.3, DeiT)
+    seeds_draws = True  # timm's transforms draw from the global RNGs
 
     def __init__(
         self,

@@ -70,6 +70,9 @@ class PixelSequenceDataModule(DataModule):
         super().__init__(num_workers, pin_memory)
         self.images = images
         self.eval_splits = tuple(name for name in images if name != "train")
+        # CIFAR-10 has no validation split: §5.1 reports test bits/dim and nothing is selected on the
+        # periodic evaluation, so it monitors the test split (the first held-out split).
+        self.valid_split = self.eval_splits[0]
         height, width, channels = images["train"].shape[1:]
         self.seq_len = height * width * channels
 

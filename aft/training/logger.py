@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +75,13 @@ def _init_wandb(run_dir: Path, mode: str, project: str, name: str | None, config
     if mode not in ("offline", "online"):
         raise ValueError(f"logger.wandb_mode={mode!r}: use disabled, offline or online")
     if mode == "online" and not (os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").exists()):
-        raise RuntimeError(
+        raise ValueError(
             "logger.wandb_mode=online needs wandb credentials: run `wandb login` or set WANDB_API_KEY, "
             "or use logger.wandb_mode=offline (sync later with `wandb sync`)"
         )
     import wandb
 
     id_file = run_dir / "wandb_id.txt"
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
     id_file.write_text(run_id)
     return wandb.init(project=project, name=name, id=run_id, resume="allow", mode=mode, dir=str(run_dir), config=config)
