@@ -3,7 +3,7 @@
 One optimizer update consumes ``trainer.batch_size`` samples (the global batch), split over
 ``world_size`` processes and ``accumulation`` micro-batches of ``trainer.micro_batch_size``
 each, so the run does not depend on the number of GPUs. Every ``checkpoint_every`` updates
-(and at the end, and on a preemption signal) rank 0 writes an atomic checkpoint
+(and at the end, and on a preemption signal: ``preemption.py``) rank 0 writes an atomic checkpoint
 (``resume.py``: the model, optimizer, grad scaler, every rank's RNG states, the data position),
 but only of good weights (``loss_guard.py``); relaunching the same command resumes from it and
 continues the same loss curve. Every ``eval_every`` updates the data module's ``valid_split`` is
@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import shlex
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -52,6 +51,7 @@ from aft.training.distributed import (
 from aft.training.evaluate import autocast, evaluate, lm_nll
 from aft.training.logger import MetricLogger
 from aft.training.loss_guard import LossGuard
+from aft.training.preemption import Preemption
 
 PROVENANCE_FILE = "provenance.jsonl"
 FINAL_FILE = "final.json"  # the final evaluation of every eval split, written once the run is done
@@ -60,26 +60,6 @@ DIVERGED_FILE = "diverged.json"  # in checkpoints/: where a resume from last.pt 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-class _Preemption:
-    """Turns SIGTERM/SIGUSR1 (SLURM preemption, ``scancel``) into a flag checked after each update.
-
-    After the checkpoint is written, :meth:`hand_over` calls the handler that was installed
-    before (submitit's, which requeues the job).
-    """
-
-    def __init__(self) -> None:
-        self.requested: int | None = None
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.requested = signum
-
-    def hand_over(self) -> None:
-        previous = self._previous.get(self.requested)
-        if callable(previous):
-            previous(self.requested, None)
 
 
 def _batch_plan(cfg: DictConfig, dist: DistInfo) -> tuple[int, int]:
@@ -219,7 +199,7 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
         for note in filter(None, notes):
             print(f"note: {note}", flush=True)
 
-    preemption = _Preemption()
+    preemption = Preemption()
     mixup = data.mixup_fn() if data.task == "classification" else None
     progress = tqdm(total=total_steps, initial=position.step, disable=not dist.is_main, dynamic_ncols=True)
     window_start, window_samples, window_steps = time.perf_counter(), 0, 0
@@ -301,9 +281,7 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
                     limit = cfg.trainer.eval_batches and cfg.trainer.eval_batches * cfg.trainer.eval_batch_size
                     _log_eval(model, data, cfg, dist, logger, position.step, data.valid_split, limit)
                 if stop_requested:
-                    print(f"stopped by a signal at step {position.step}; relaunch the same command to resume", flush=True)
-                    preemption.hand_over()
-                    return {"preempted_at_step": position.step}
+                    preemption.stop(position.step)  # exits non-zero (aft/training/preemption.py)
                 if position.step >= total_steps:
                     break
             else:
