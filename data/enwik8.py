@@ -34,24 +34,29 @@ SPLIT_BYTES = (90_000_000, 5_000_000, 5_000_000)
 
 
 def extract_once(archive: Path, cache_dir: Path) -> Path:
-    """Path of ``enwik8`` extracted from ``archive`` into ``cache_dir``; reuses an earlier extraction.
+    """Path of ``enwik8`` extracted from ``archive`` into ``cache_dir``; reuses an earlier extraction
+    of the same archive (its member's CRC-32, stamped beside the file), re-extracts after a new zip.
 
     Extraction goes to a per-process temporary name and is renamed atomically, so concurrent ranks
     never see a partial file. A damaged archive (bad zip, missing member, CRC error) raises DataError.
     """
-    target = cache_dir / "enwik8"
-    if target.is_file():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache_dir / f"enwik8.partial-{os.getpid()}"
+    target, stamp = cache_dir / "enwik8", cache_dir / "enwik8.crc32"
     try:
-        with zipfile.ZipFile(archive) as zf, zf.open("enwik8") as src, partial.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
-        os.replace(partial, target)
+        with zipfile.ZipFile(archive) as zf:
+            member = f"{zf.getinfo('enwik8').CRC:08x}"  # the archive's own checksum of its member
+            if target.is_file() and stamp.is_file() and stamp.read_text().strip() == member:
+                return target
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            partial = cache_dir / f"enwik8.partial-{os.getpid()}"
+            try:
+                with zf.open("enwik8") as src, partial.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
     except (zipfile.BadZipFile, KeyError, EOFError, zlib.error) as error:
         raise DataError(f"{archive} is damaged or not enwik8.zip ({error}); re-download {URL}") from error
-    finally:
-        partial.unlink(missing_ok=True)
+    stamp.write_text(member + "\n")
     return target
 
 

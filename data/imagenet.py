@@ -73,6 +73,17 @@ def folder_classes(split_dir: Path, split: str, num_classes: int) -> list[str]:
     return classes
 
 
+def _check_decodes(dataset: Dataset, split: str, root: Path) -> None:
+    """The first image of ``split`` decodes (timm skips single bad files, and fails after a streak of them)."""
+    try:
+        dataset[0]
+    except RuntimeError as error:  # timm's ImageDataset after TIMM_DATASET_MAX_RETRIES consecutive failures
+        raise DataError(
+            f"ImageNet {split} split in {root}: {error} (undecodable image files): the copy is corrupt; "
+            f"re-extract it ({HOW_TO_GET})"
+        ) from None
+
+
 class ImageNet(DataModule):
     """ImageNet-1K (DeiT recipe): ``num_classes`` classes, train crops ``image_size``, eval split ``val``.
 
@@ -160,6 +171,8 @@ class ImageNet(DataModule):
             raise ValueError(f"data.source must be 'folder' or 'parquet', got {source!r}")
         self.datasets["train"].transform = train_transform
         self.datasets["val"].transform = self.eval_transform
+        for split, dataset in self.datasets.items():
+            _check_decodes(dataset, split, path)
         self.record = {
             "name": "imagenet",
             "format": source,

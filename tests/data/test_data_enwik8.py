@@ -85,7 +85,18 @@ def test_zip_is_extracted_once_to_the_cache_dir(tmp_path: Path, enwik8_root: Pat
     assert extracted.read_bytes() == enwik8_bytes and dm.describe()["format"] == "zip"
     stamp = extracted.stat().st_mtime_ns
     make(enwik8_root, cache_dir=str(cache))
-    assert extracted.stat().st_mtime_ns == stamp and sorted(p.name for p in cache.iterdir()) == ["enwik8"]
+    assert extracted.stat().st_mtime_ns == stamp and sorted(p.name for p in cache.iterdir()) == ["enwik8", "enwik8.crc32"]
+
+
+def test_a_replaced_zip_is_extracted_again(tmp_path: Path, enwik8_bytes: bytes) -> None:
+    root, cache = tmp_path / "root", tmp_path / "cache"
+    root.mkdir()
+    write_enwik8_zip(root, enwik8_bytes)
+    make(root, cache_dir=str(cache))
+    replaced = bytes(reversed(enwik8_bytes))
+    write_enwik8_zip(root, replaced)
+    make(root, cache_dir=str(cache))
+    assert (cache / "enwik8").read_bytes() == replaced
 
 
 def test_raw_file_is_read_in_place(tmp_path: Path, enwik8_bytes: bytes) -> None:
@@ -125,3 +136,19 @@ def test_zip_without_enwik8_member_is_reported(tmp_path: Path) -> None:
         zf.writestr("other", b"x")
     with pytest.raises(DataError, match="not enwik8.zip"):
         make(tmp_path)
+
+
+def test_a_limited_evaluation_scores_the_same_windows_for_any_number_of_processes(enwik8_root: Path) -> None:
+    dm = make(enwik8_root)
+
+    def windows(world_size: int) -> list[list[int]]:
+        return [
+            row.tolist()
+            for rank in range(world_size)
+            for tokens, _mask in dm.eval_dataloader("test", 1, rank, world_size, limit=2)
+            for row in tokens
+        ]
+
+    assert len(windows(1)) == 2 and windows(1) == windows(2)
+    every = [row.tolist() for tokens, _ in dm.eval_dataloader("test", 1) for row in tokens]
+    assert windows(1) == [every[0], every[len(every) // 2]]  # evenly spaced, not the first ones

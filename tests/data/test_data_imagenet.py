@@ -22,6 +22,11 @@ def make(root: Path, **kwargs) -> ImageNet:
     return ImageNet(str(root), **{"num_classes": N_CLASSES, "image_size": 32, "num_workers": 0, **kwargs})
 
 
+def indices(loader) -> list[int]:
+    """The dataset indices a train loader draws, in order (its sampler pairs each with a draw seed)."""
+    return [index for index, _seed in loader.sampler]
+
+
 def test_batches_have_the_classification_format(imagenet_root: Path) -> None:
     dm = make(imagenet_root, eval_image_size=48)
     images, labels = next(iter(dm.train_dataloader(4, seed=0)))
@@ -58,9 +63,9 @@ def test_repeated_augmentation_sampler_is_seeded_and_sharded(imagenet_root: Path
     dm = make(imagenet_root)
 
     def order(rank: int, seed: int, epoch: int) -> list[int]:
-        return list(dm.train_dataloader(1, rank=rank, world_size=2, seed=seed, epoch=epoch).sampler)
+        return indices(dm.train_dataloader(1, rank=rank, world_size=2, seed=seed, epoch=epoch))
 
-    assert isinstance(dm.train_dataloader(1).sampler, RepeatAugSampler)
+    assert isinstance(dm.train_dataloader(1).sampler.sampler, RepeatAugSampler)  # inside the draw seeds
     assert order(0, 0, 0) == order(0, 0, 0) and order(0, 0, 0) != order(0, 1, 0) and order(0, 0, 0) != order(0, 0, 1)
     # DeiT's scheme: each sample is repeated 3 times and the repeats go to different ranks
     assert len(order(0, 0, 0)) == len(order(1, 0, 0)) == 6
@@ -68,7 +73,7 @@ def test_repeated_augmentation_sampler_is_seeded_and_sharded(imagenet_root: Path
 
 def test_plain_distributed_sampler_without_repeats(imagenet_root: Path) -> None:
     dm = make(imagenet_root, repeated_aug=1)
-    shards = [list(dm.train_dataloader(1, rank=rank, world_size=2).sampler) for rank in (0, 1)]
+    shards = [indices(dm.train_dataloader(1, rank=rank, world_size=2)) for rank in (0, 1)]
     assert sorted(shards[0] + shards[1]) == list(range(12))
 
 
@@ -111,3 +116,41 @@ def test_missing_data_names_the_config_key(tmp_path: Path) -> None:
         make(tmp_path)
     with pytest.raises(DataError, match=r"parquet files not found.*data\.root"):
         make(tmp_path, source="parquet")
+
+
+def _batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(images.clone(), labels.clone()) for images, labels in loader]
+
+
+def test_augmentation_does_not_depend_on_the_number_of_workers(imagenet_root: Path) -> None:
+    one, two = (make(imagenet_root, num_workers=n, repeated_aug=1) for n in (0, 2))
+    a, b = (_batches(dm.train_dataloader(4, seed=3, epoch=1)) for dm in (one, two))
+    assert len(a) == len(b) == 3
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
+def test_each_repeat_of_an_image_is_augmented_differently(imagenet_root: Path) -> None:
+    dm = make(imagenet_root, repeated_aug=3, re_prob=0.0)
+    loader = dm.train_dataloader(1, seed=0)
+    draws: dict[int, list[torch.Tensor]] = {}
+    for index, seed in loader.sampler:
+        draws.setdefault(index, []).append(loader.dataset[(index, seed)][0])
+    repeated = [images for images in draws.values() if len(images) > 1]
+    assert repeated and all(not torch.equal(images[0], images[1]) for images in repeated)
+
+
+def test_a_draw_leaves_the_training_rngs_untouched(imagenet_root: Path) -> None:
+    loader = make(imagenet_root).train_dataloader(4, seed=0)
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    next(iter(loader))  # num_workers=0: the draws run in this process
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_undecodable_images_are_one_clear_error(imagenet_root: Path) -> None:
+    for image in (imagenet_root / "train").rglob("*.JPEG"):
+        image.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"ImageNet train split .* corrupt"):
+        make(imagenet_root)
