@@ -2,6 +2,9 @@
 
 Sequence mixers map (B, T, dim) -> (B, T, dim); :class:`LambdaLayer` maps (B, Y, X, dim) to the
 same shape. Each contains its own input and output projections (no norm, residual or MLP).
+The whole network of Table 2's Sparse Transformer row, Child et al.'s decoder around the strided
+attention, is :mod:`aft.baselines.sparse_transformer_decoder` (not imported here: it builds on
+:mod:`aft.models`, which imports this package).
 """
 
 from aft.baselines.attention import MultiHeadAttention

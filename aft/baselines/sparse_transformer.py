@@ -32,21 +32,36 @@ class StridedSparseAttention(nn.Module):
     image column as Child et al. §4.1 suggests for data whose structure aligns with the stride,
     and 96 ≈ √3072 up to a factor 2, as their choice l ≈ √n.
 
+    Query-key width: ``qk_ratio`` scales the query and key projections to ``qk_dim = dim ·
+    qk_ratio`` (Child et al. §6: "sometimes we halve the size of the query and key
+    transformations", 0.5 in their CIFAR-10 model, §7.1); values and the output keep ``dim``.
+    Scores are scaled by 1/√(qk_dim / heads), their Eq. 3.
+
     Shapes: x (B, T, dim) -> (B, T, dim); any T.
     """
 
     def __init__(
-        self, dim: int, *, heads: int = 2, causal: bool = True, dropout: float = 0.0, stride: int = 96
+        self,
+        dim: int,
+        *,
+        heads: int = 2,
+        causal: bool = True,
+        dropout: float = 0.0,
+        stride: int = 96,
+        qk_ratio: float = 1.0,
     ) -> None:
         super().__init__()
         check_heads(dim, heads)
         if heads % 2:
             raise ValueError(f"heads={heads} must be even: half use each strided pattern")
+        self.qk_dim = round(dim * qk_ratio)
+        if self.qk_dim < heads or self.qk_dim % heads:
+            raise ValueError(f"model.mixer.qk_ratio={qk_ratio}: query-key width {self.qk_dim} is no multiple of {heads} heads")
         self.heads = heads
         self.causal = causal
         self.dropout = dropout
         self.stride = stride
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 2 * self.qk_dim + dim)
         self.proj = nn.Linear(dim, dim)
 
     def local_mask(self, rows: int, length: int, device: torch.device) -> Tensor:
@@ -80,7 +95,7 @@ class StridedSparseAttention(nn.Module):
         b, t, d = x.shape
         stride, half = self.stride, self.heads // 2
         rows = -(-t // stride)
-        qkv = self.qkv(F.pad(x, (0, 0, 0, rows * stride - t))).chunk(3, dim=-1)
+        qkv = self.qkv(F.pad(x, (0, 0, 0, rows * stride - t))).split([self.qk_dim, self.qk_dim, d], dim=-1)
         local_qkv = [_rows(split_heads(z, self.heads)[:, :half], stride) for z in qkv]
         strided_qkv = [_rows(split_heads(z, self.heads)[:, half:], stride).transpose(1, 2) for z in qkv]
         after = 0 if self.causal else 1

@@ -38,17 +38,21 @@ def test_each_head_has_its_strided_pattern(causal: bool) -> None:
         assert torch.equal(dependency_matrix(single_head(causal, head), x), pattern), f"head {head}"
 
 
+@pytest.mark.parametrize("qk_ratio", [1.0, 0.5])
 @pytest.mark.parametrize("causal", [True, False])
-def test_equals_dense_attention_under_the_strided_masks(causal: bool) -> None:
-    """Four heads: the first half use A⁽¹⁾, the second half A⁽²⁾."""
+def test_equals_dense_attention_under_the_strided_masks(causal: bool, qk_ratio: float) -> None:
+    """Four heads: the first half use A⁽¹⁾, the second half A⁽²⁾; queries and keys of width
+    ``DIM * qk_ratio`` (Child et al. §6 "halve the size of the query and key transformations")."""
     torch.manual_seed(0)
-    heads, width = 4, DIM // 4
-    mixer = StridedSparseAttention(DIM, heads=heads, causal=causal, stride=STRIDE).double()
+    heads, qk_width = 4, int(DIM * qk_ratio)
+    mixer = StridedSparseAttention(DIM, heads=heads, causal=causal, stride=STRIDE, qk_ratio=qk_ratio).double()
     x = torch.randn(2, T, DIM, dtype=torch.float64)
-    q, k, v = (z.view(2, T, heads, width).transpose(1, 2) for z in mixer.qkv(x).chunk(3, dim=-1))
+    q, k, v = (
+        z.view(2, T, heads, -1).transpose(1, 2) for z in mixer.qkv(x).split([qk_width, qk_width, DIM], dim=-1)
+    )
     local, strided = strided_patterns(causal)
     allowed = torch.stack([local, local, strided, strided])
-    scores = (q @ k.transpose(-2, -1) / width**0.5).masked_fill(~allowed, -torch.inf)
+    scores = (q @ k.transpose(-2, -1) / (qk_width // heads) ** 0.5).masked_fill(~allowed, -torch.inf)
     expected = mixer.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, T, DIM))
     torch.testing.assert_close(mixer(x), expected)
 
@@ -56,3 +60,8 @@ def test_equals_dense_attention_under_the_strided_masks(causal: bool) -> None:
 def test_rejects_odd_head_count() -> None:
     with pytest.raises(ValueError):
         StridedSparseAttention(DIM, heads=1)
+
+
+def test_rejects_a_query_key_width_the_heads_do_not_divide() -> None:
+    with pytest.raises(ValueError, match="qk_ratio"):
+        StridedSparseAttention(DIM, heads=2, qk_ratio=0.125)  # width 1

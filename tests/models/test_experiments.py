@@ -31,7 +31,8 @@ from aft.experiments import build_on_meta, compose_config, compose_experiment, e
 
 # experiment -> (mixer class, depth, dim, attributes of every mixer); §5.1, §5.2, Tables 2-4
 DECODER_ROWS: dict[str, tuple[type, int, int, dict[str, Any]]] = {
-    "cifar10_sparse_transformer_strided_l128_d256": (StridedSparseAttention, 128, 256, {"heads": 2}),
+    # Child et al. 2019 §7.1: "half-size feedforward network and query-key projections"
+    "cifar10_sparse_transformer_strided_l128_d256": (StridedSparseAttention, 128, 256, {"heads": 2, "qk_dim": 128}),
     "cifar10_image_transformer_local2d_l12_d512": (LocalAttention2d, 12, 512, {"heads": 4, "memory_size": 256}),
     "cifar10_transformer_l12_d512": (MultiHeadAttention, 12, 512, {"heads": 4}),
     "cifar10_transformer_l24_d256": (MultiHeadAttention, 24, 256, {"heads": 2}),
@@ -155,7 +156,8 @@ def test_decoder_experiment_builds_the_paper_model(name: str) -> None:
     paper_length = attributes.get("seq_len", 3072 if cifar10 else 1024)  # §5.1: 32 x 32 x 3; §5.2: T = 1024
     assert model.seq_len == (128 if name.startswith("embedded") else paper_length)
     assert model.token_embedding.num_embeddings == (257 if cifar10 else 256)  # + BOS on CIFAR10
-    assert model.blocks[0].mlp.fc1.out_features == 4 * dim  # §5.1, §5.2: feed-forward 4d
+    half_size = name == "cifar10_sparse_transformer_strided_l128_d256"  # Child et al. 2019 §7.1: 2d
+    assert model.blocks[0].mlp.fc1.out_features == (2 if half_size else 4) * dim  # §5.1, §5.2: feed-forward 4d
     for block in model.blocks:
         assert type(block.mixer) is mixer_cls and block.mixer.causal
         assert {key: attribute(block.mixer, key) for key in attributes} == attributes
@@ -198,6 +200,8 @@ def shrink(cfg: DictConfig) -> tuple[DictConfig, torch.Tensor]:
         mixer.heads = math.gcd(mixer.heads, model.dim)
     if model._target_.endswith("Decoder"):
         model.merge_with({"depth": 2, "seq_len": 48})
+        if "data_shape" in model:  # the Sparse Transformer's row, column and channel embeddings
+            model.data_shape = [4, 4, 3]
         for key in ("seq_len", "window"):
             if key in mixer:
                 mixer[key] = min(mixer[key], model.seq_len if key == "seq_len" else 8)
