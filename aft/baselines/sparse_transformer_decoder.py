@@ -26,7 +26,8 @@ Shapes: idx (B, T) long -> logits (B, T, V), as the Decoder.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -61,31 +62,17 @@ class SparseTransformerDecoder(Decoder):
     """Child et al.'s Sparse Transformer: a :class:`Decoder` with data embeddings, dropout only at
     the end of the residual branches and their depth-scaled initialization (see the module).
 
-    Args: those of :class:`Decoder`, and
+    Args: those of :class:`Decoder` (by keyword), and
         data_shape: the axes of the data in raster order, whose product is ``seq_len``
             (CIFAR-10: ``(32, 32, 3)``).
 
     The mixer must have an output projection ``proj`` (W_p, scaled by 1/√(2N)).
     """
 
-    def __init__(
-        self,
-        mixer: Callable[..., nn.Module],
-        vocab_size: int,
-        seq_len: int,
-        depth: int,
-        dim: int,
-        data_shape: Sequence[int],
-        mlp_ratio: float = 4.0,
-        dropout: float = 0.0,
-        activation_checkpointing: bool = False,
-        input_vocab_size: int | None = None,
-    ) -> None:
+    def __init__(self, *, seq_len: int, dim: int, data_shape: Sequence[int], **decoder_options: Any) -> None:
         if math.prod(data_shape) != seq_len:
             raise ValueError(f"model.data_shape={list(data_shape)} must hold model.seq_len={seq_len} positions")
-        super().__init__(
-            mixer, vocab_size, seq_len, depth, dim, mlp_ratio, dropout, activation_checkpointing, input_vocab_size
-        )
+        super().__init__(seq_len=seq_len, dim=dim, **decoder_options)
         self.position_embedding = DataPositionEmbedding(data_shape, dim)
         self.embedding_drop = nn.Identity()
         for block in self.blocks:

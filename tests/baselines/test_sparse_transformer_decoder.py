@@ -40,7 +40,7 @@ def tiny(depth: int = 4, dim: int = 64, dropout: float = 0.25) -> SparseTransfor
     torch.manual_seed(0)
     mixer = lambda dim: StridedSparseAttention(dim, heads=2, causal=True, stride=6, qk_ratio=0.5)  # noqa: E731
     return SparseTransformerDecoder(
-        mixer, vocab_size=16, seq_len=36, depth=depth, dim=dim, mlp_ratio=2, dropout=dropout,
+        mixer=mixer, vocab_size=16, seq_len=36, depth=depth, dim=dim, mlp_ratio=2, dropout=dropout,
         input_vocab_size=17, data_shape=(3, 4, 3),
     )
 
@@ -92,7 +92,7 @@ def test_data_embedding_sums_row_column_and_channel() -> None:
 def test_data_shape_must_cover_the_sequence() -> None:
     mixer = lambda dim: StridedSparseAttention(dim, heads=2, stride=6)  # noqa: E731
     with pytest.raises(ValueError, match="data_shape"):
-        SparseTransformerDecoder(mixer, vocab_size=16, seq_len=35, depth=1, dim=8, data_shape=(3, 4, 3))
+        SparseTransformerDecoder(mixer=mixer, vocab_size=16, seq_len=35, depth=1, dim=8, data_shape=(3, 4, 3))
 
 
 def test_trains_and_stays_causal() -> None:
