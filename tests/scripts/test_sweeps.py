@@ -1,60 +1,86 @@
-"""scripts/sweeps/<table>.py --dry-run prints one SLURM multirun over the table's experiments."""
+"""scripts/sweep.py and scripts/sweep_tables.yaml: one multirun per table, the tables as in the CSV."""
 
 from __future__ import annotations
 
 import csv
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 ROOT = Path(__file__).resolve().parents[2]
-SWEEPS = {  # script -> the table of results/paper_tables.csv it trains
-    **{f"table{n}": str(n) for n in range(2, 13)},
-    "sec5_3": "sec5.3",
-    "sec8": "sec8",
-}
+sys.path.insert(0, str(ROOT / "scripts"))
+import sweep  # noqa: E402
+
 EVALUATED_NOT_TRAINED = {"imagenet_aft_conv_small_k15_h384_eval384"}  # eval.py on the kernel-15 run (§5.3)
 
 
 def paper_experiments(table: str) -> list[str]:
-    """The table's experiments in the CSV's order, without repeats."""
+    """The experiments of ``table`` (``2``, ``sec5.3``) in results/paper_tables.csv's order, once each."""
     with open(ROOT / "results" / "paper_tables.csv", newline="") as f:
         names = [r["experiment"] for r in csv.DictReader(f) if r["table"] == table and r["experiment"]]
     return [n for n in dict.fromkeys(names) if n not in EVALUATED_NOT_TRAINED]
 
 
-def dry_run(script: str, *overrides: str) -> list[str]:
+def csv_tables() -> set[str]:
+    with open(ROOT / "results" / "paper_tables.csv", newline="") as f:
+        return {r["table"] for r in csv.DictReader(f) if r["experiment"]}
+
+
+def dry_run(*args: str) -> list[str]:
     result = subprocess.run(
-        [sys.executable, f"scripts/sweeps/{script}.py", "--dry-run", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "scripts/sweep.py", "--dry-run", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 
 
-@pytest.mark.parametrize("script", sorted(SWEEPS))
-def test_dry_run_lists_the_tables_experiments(script: str) -> None:
-    lines = dry_run(script)
-    expected = paper_experiments(SWEEPS[script])
-    assert lines[1] == "python train.py -m hydra/launcher=slurm_v100 experiment=" + ",".join(expected)
-    assert lines[2:] == [f"job {i}: experiment={name}" for i, name in enumerate(expected)]
+def table_name(csv_table: str) -> str:
+    return csv_table if csv_table.startswith("sec") else f"table{csv_table}"
 
 
-def test_every_sweep_script_is_checked() -> None:
-    assert sorted(p.stem for p in (ROOT / "scripts" / "sweeps").glob("*.py") if p.stem != "launch") == sorted(SWEEPS)
+def test_every_trained_table_of_the_csv_has_a_sweep() -> None:
+    assert sorted(sweep.load_tables()) == sorted(table_name(t) for t in csv_tables())
 
 
-def test_overrides_reach_every_job() -> None:
-    lines = dry_run("table6", "trainer.micro_batch_size=8")
-    assert lines[1].endswith(" trainer.micro_batch_size=8")
-    assert all(line.endswith(" trainer.micro_batch_size=8") for line in lines[2:])
+@pytest.mark.parametrize("csv_table", sorted(csv_tables()))
+def test_a_table_lists_the_csvs_experiments_in_order(csv_table: str) -> None:
+    assert sweep.table_experiments(table_name(csv_table), sweep.load_tables()) == paper_experiments(csv_table)
 
 
-def test_unknown_experiment_is_refused_before_submitting(tmp_path: Path) -> None:
-    script = tmp_path / "bad.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT / 'scripts' / 'sweeps')!r})\n"
-                      "from launch import main\nmain('bad', ['no_such_experiment'])\n")
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0 and "no_such_experiment" in result.stderr
+def test_dry_run_prints_one_shell_quoted_multirun() -> None:
+    lines = dry_run("table5", "data.root=/data/my enwik8", "trainer.micro_batch_size=8")
+    command = shlex.split(lines[1])  # the printed line must round-trip through the shell
+    assert command[:4] == ["python", "train.py", "-m", "hydra/launcher=slurm_v100"]
+    assert command[4] == "hydra.sweep.dir=runs/sweeps/table5-${now:%Y-%m-%d_%H-%M-%S}"  # one record folder per sweep
+    assert command[5] == "experiment=" + ",".join(paper_experiments("5"))
+    root, micro = OverridesParser.create().parse_overrides(command[6:])  # one-value sweeps of the same values
+    assert (root.key_or_group, list(root.sweep_iterator())) == ("data.root", ["/data/my enwik8"])
+    assert (micro.key_or_group, list(micro.sweep_iterator())) == ("trainer.micro_batch_size", [8])
+    assert lines[2] == "job 0: experiment=enwik8_aft_simple_l24_d256 'data.root=/data/my enwik8' trainer.micro_batch_size=8"
+    assert len(lines) == 2 + len(paper_experiments("5"))
+
+
+def test_sweeps_hydras_own_and_deletions_pass_unchanged() -> None:
+    for override in ["model.mixer.window=16,32", "hydra.launcher.gpus_per_node=4", "~trainer.compile"]:
+        assert sweep.as_sweep(override) == override
+    assert sweep.as_sweep("+data.extra=[1,2]") == "+data.extra=choice([1,2])"
+    command = sweep.sweep_command("t", ["a"], ["hydra/launcher=basic"])
+    assert command.count("hydra/launcher=basic") == 1 and sweep.LAUNCHER not in command
+
+
+def test_sweep_table_expands_a_swept_value_in_order() -> None:
+    entries = ["plain", {"experiment": "local{window}_x", "window": [1, 32]}, "plain"]
+    assert sweep.expand(entries) == ["plain", "local1_x", "local32_x"]
+
+
+def test_unknown_table_or_experiment_is_refused_before_submitting(tmp_path: Path) -> None:
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("bad: {about: x, experiments: [no_such_experiment]}\n")
+    for args in (["table99"], ["bad", "--tables", str(tables)]):
+        result = subprocess.run([sys.executable, "scripts/sweep.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and result.stderr.startswith("error: "), result.stderr
+    assert "no_such_experiment" in result.stderr
