@@ -37,8 +37,10 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: retry COMMAND every 0.5
 
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
+STARTED_NOW=""
 started() {  # started NAME PID: remember that this script started NAME (for `down`)
     echo "$1 $2" >>"$STATE/started"
+    STARTED_NOW="$STARTED_NOW $1"
     log "started $1 (pid $2)"
 }
 
@@ -165,18 +167,30 @@ start_releaser() {
     started release-requeued "$!"
 }
 
+forget_dead() {  # keep in $STATE/started only the daemons still running (a machine may have restarted)
+    local name pid
+    touch "$STATE/started"
+    while read -r name pid; do
+        if alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$name"; then echo "$name $pid"; fi
+    done <"$STATE/started" >"$STATE/started.alive"
+    mv "$STATE/started.alive" "$STATE/started"
+}
+
 node_ready() { sinfo -h -n localhost -o %t | grep -Eq '^(idle|mix|alloc)'; }
 
 up() {
     [ "$(id -u)" -eq 0 ] || die "run as root (it installs packages and starts system daemons)"
     install_packages
     write_configs
-    touch "$STATE/started"
+    forget_dead
     start_munge
     start_mariadb
     start_daemon slurmdbd "$STATE/slurmdbd.pid" sacctmgr -n list cluster
     sacctmgr -i -Q add cluster "$CLUSTER" >/dev/null 2>&1 || true  # already there after the first `up`
     start_daemon slurmctld "$STATE/slurmctld.pid" scontrol ping
+    if [[ " $STARTED_NOW " == *" slurmctld "* ]]; then  # a fresh start: no job left over from an earlier `up`
+        scancel --quiet -p debug 2>/dev/null || true
+    fi
     start_daemon slurmd "$STATE/slurmd.pid" scontrol show slurmd
     if ! node_ready; then  # e.g. DOWN after an unclean stop
         scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true
