@@ -46,8 +46,11 @@ def py2_pickle(obj: object) -> bytes:
     return buffer.getvalue()
 
 
-def write_cifar_batches(root: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Write ``root/cifar-10-batches-py`` like the real pickles and return the rows per split.
+def write_cifar_batches(
+    root: Path, rng: np.random.Generator, train_per_batch: int = CIFAR_TRAIN_PER_BATCH, test: int = CIFAR_TEST
+) -> dict[str, np.ndarray]:
+    """Write ``root/cifar-10-batches-py`` like the real pickles (5 train batches of ``train_per_batch``
+    images, a test batch of ``test``) and return the rows per split.
 
     Rows are ``uint8 (N, 3072)`` in the files' CHW plane order (1024 R, then 1024 G, then 1024 B).
     Values stay in [20, 235] so that a +-10 shift never clips.
@@ -55,9 +58,7 @@ def write_cifar_batches(root: Path, rng: np.random.Generator) -> dict[str, np.nd
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rows = {"train": [], "test": []}
-    names = [(f"data_batch_{i}", "train", CIFAR_TRAIN_PER_BATCH) for i in range(1, 6)] + [
-        ("test_batch", "test", CIFAR_TEST)
-    ]
+    names = [(f"data_batch_{i}", "train", train_per_batch) for i in range(1, 6)] + [("test_batch", "test", test)]
     for name, split, count in names:
         data = rng.integers(20, 236, size=(count, 3072), dtype=np.uint8)
         batch = {
@@ -69,7 +70,7 @@ def write_cifar_batches(root: Path, rng: np.random.Generator) -> dict[str, np.nd
         (folder / name).write_bytes(py2_pickle(batch))
         rows[split].append(data)
     meta = {
-        b"num_cases_per_batch": CIFAR_TRAIN_PER_BATCH,
+        b"num_cases_per_batch": train_per_batch,
         b"label_names": [b"c%d" % i for i in range(10)],
         b"num_vis": 3072,
     }
