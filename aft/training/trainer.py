@@ -176,12 +176,13 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
 
     train_model: nn.Module = model
     if cfg.trainer.compile:
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, mode=cfg.trainer.compile_mode)
     if dist.world_size > 1:
         train_model = DistributedDataParallel(train_model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
 
     logger = None
     if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
         logger = MetricLogger(
             run_dir, cfg.logger.wandb_mode, cfg.logger.project, run_dir.name, config, resume_step=position.step
         )

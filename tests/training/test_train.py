@@ -11,11 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from aft.experiments import compose_config
 from aft.provenance import code_revision
 from aft.training.checkpoint import load
 from aft.training.logger import read_metrics
-from aft.training.trainer import PROVENANCE_FILE
+from aft.training.trainer import PROVENANCE_FILE, train
+from data.base import DataModule
 
 ROOT = Path(__file__).resolve().parents[2]
 # The README's main command (the embedded default), shrunk so each run takes seconds.
@@ -33,8 +36,10 @@ LOCAL_MIXER = ["model.mixer.window=8", "model.mixer.bias_dim=8"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _train(run_dir: Path, *overrides: str, check: bool = True, mixer: list[str] = LOCAL_MIXER) -> subprocess.CompletedProcess:
-    command = [sys.executable, "train.py", *TINY, *mixer, *overrides, f"hydra.run.dir={run_dir}"]
+def _train(
+    run_dir: Path, *overrides: str, check: bool = True, mixer: list[str] = LOCAL_MIXER, base: list[str] = TINY
+) -> subprocess.CompletedProcess:
+    command = [sys.executable, "train.py", *base, *mixer, *overrides, f"hydra.run.dir={run_dir}"]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed:\n{result.stderr[-3000:]}")
@@ -122,6 +127,10 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     expected, got = _losses(single), _losses(ddp)
+    assert (result.stdout + result.stderr).count("data {") == 1  # the data record is logged by rank 0 only
+    start = json.loads((ddp / PROVENANCE_FILE).read_text().splitlines()[0])
+    assert start["launcher"] == "torchrun" and start["command"].startswith("torchrun --nnodes=1 --nproc_per_node=2 ")
+    assert "trainer.max_steps=6" in start["overrides"]
     assert sorted(got) == list(range(1, 7))
     for step in got:
         assert got[step] == pytest.approx(expected[step], rel=1e-5), step
@@ -167,4 +176,98 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path
     assert last_line.startswith("error: non-finite training loss at step ") and "optim.lr" in last_line
     failed_at = int(last_line.split("at step ")[1].split(";")[0])
     state = load(run / "checkpoints" / "last.pt")
-    assert state["step"] == failed_at - 1
+    # last.pt holds good weights only: its window's loss is finite and within 2x of the best
+    assert state["step"] < failed_at and state["loss_guard"]["best"] < 10
+    again = _train(
+        run, "trainer.max_steps=50", "optim.lr=1e30", "trainer.grad_clip=0", "trainer.checkpoint_every=1",
+        "trainer.eval_every=0", check=False,
+    )
+    last_line = again.stderr.strip().splitlines()[-1]
+    assert again.returncode == 1 and "the same command would repeat it" in last_line  # no loop on the same NaN
+    assert "trainer.resume=" in last_line and "trainer.grad_clip=1.0" in last_line and "precision" not in last_line
+
+
+# The classification demo, shrunk: the ViT path (its held-out split is "test").
+IMAGES = [
+    "experiment=embedded_images_aft_conv", "data.image_size=16", "model.depth=1", "model.dim=16",
+    "model.mixer.heads=4", "data.num_train=64", "data.num_test=32", "trainer.batch_size=8",
+    "trainer.eval_batch_size=16", "trainer.eval_batches=2",
+]
+
+
+def test_a_classification_run_evaluates_its_valid_split_after_checkpointing(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _train(run, "trainer.max_steps=4", "trainer.eval_every=2", "trainer.checkpoint_every=2", mixer=[], base=IMAGES)
+    records = read_metrics(run)
+    assert [r["step"] for r in records if "test_loss" in r] == [2, 4]
+    assert next(r for r in records if "test_loss" in r)["test_count"] == 2 * 16  # eval_batches x eval_batch_size
+
+
+def test_a_failing_periodic_evaluation_keeps_the_steps_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    def failing_evaluation(*args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    cfg = compose_config([*TINY, *LOCAL_MIXER, "trainer.max_steps=6", "trainer.eval_every=3", "trainer.checkpoint_every=3",
+                          "trainer.device=cpu"])
+    monkeypatch.setattr(DataModule, "eval_dataloader", failing_evaluation)
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        train(cfg, tmp_path / "run")
+    assert load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_a_finished_run_relaunched_prints_its_final_metrics_and_adds_nothing(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = _train(run, "trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.eval_every=0")
+    finals = [line for line in first.stdout.splitlines() if line.startswith("final ")]
+    assert [line.split(":")[0] for line in finals] == ["final valid", "final test"]
+    assert json.loads(finals[1].split(": ", 1)[1])["count"] > 0
+    assert load(run / "checkpoints" / "prev.pt")["step"] == 2  # the last step is saved once
+    records = read_metrics(run)
+    again = _train(run, "trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.eval_every=0")
+    assert read_metrics(run) == records and load(run / "checkpoints" / "prev.pt")["step"] == 2
+    assert "finished at step 4" in again.stdout and [l for l in again.stdout.splitlines() if l.startswith("final ")] == finals
+
+
+def test_a_changed_learning_rate_is_applied_on_resume(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    steps = ["trainer.max_steps=8", "trainer.log_every=1", "trainer.eval_every=0", "schedule.warmup_steps=1"]
+    _train(first, *steps, "trainer.checkpoint_every=4")
+    lr = {r["step"]: r["lr"] for r in read_metrics(first) if "lr" in r}
+    second = tmp_path / "second"
+    state = load(first / "checkpoints" / "prev.pt")
+    assert state["step"] == 4
+    result = _train(second, *steps, "optim.lr=1e-4", f"trainer.resume={first / 'checkpoints' / 'prev.pt'}")
+    resumed = {r["step"]: r["lr"] for r in read_metrics(second) if "lr" in r}
+    assert sorted(resumed) == [5, 6, 7, 8]
+    assert resumed[5] == pytest.approx(lr[5] * 1e-4 / 3e-3) and "changed optim.lr" in result.stdout
+
+
+def test_wandb_offline_logs_the_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    env = {**ENV, "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    command = [sys.executable, "train.py", *TINY, *LOCAL_MIXER, "trainer.max_steps=2", "trainer.eval_every=0",
+               "logger.wandb_mode=offline", f"hydra.run.dir={run}"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "wandb_id.txt").read_text() and list((run / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.device=cuda"], "set trainer.device=cpu"),
+        (["logger.wandb_mode=online"], "run `wandb login`"),
+        (["model.num_classes=7"], "set model.num_classes=10"),
+        (["trainer.resume=/no/such.pt"], "trainer.resume=/no/such.pt is not a checkpoint file"),
+    ],
+)
+def test_environment_mistakes_give_one_line_errors(tmp_path: Path, overrides: list[str], message: str) -> None:
+    if "trainer.device=cuda" in overrides and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    env = {k: v for k, v in ENV.items() if k != "WANDB_API_KEY"} | {"HOME": str(tmp_path)}  # no wandb credentials
+    base, mixer = (IMAGES, []) if "model.num_classes=7" in overrides else (TINY, LOCAL_MIXER)
+    command = [sys.executable, "train.py", *base, *mixer, "trainer.max_steps=2", *overrides, f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, result.stderr[-2000:]
