@@ -37,7 +37,9 @@ def test_registered_model_equals_its_experiment_config(name: str) -> None:
     shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     assert shapes == {key: tuple(value.shape) for key, value in from_config.state_dict().items()}
     assert [type(b.mixer) for b in model.blocks] == [type(b.mixer) for b in from_config.blocks]
-    assert model.pretrained_cfg["input_size"] == (3, VARIANTS[name]["img_size"], VARIANTS[name]["img_size"])
+    img_size = VARIANTS[name]()["img_size"]
+    assert model.pretrained_cfg["input_size"] == (3, img_size, img_size)
+    assert model.pretrained_cfg["pool_size"] == (img_size // 16, img_size // 16)
 
 
 def test_create_model_passes_keyword_arguments() -> None:
@@ -47,6 +49,10 @@ def test_create_model_passes_keyword_arguments() -> None:
 
 
 def test_no_pretrained_weights_exist() -> None:
-    with pytest.raises(RuntimeError, match="pretrained"):
+    """No hub id or url: pretrained=True needs pretrained_cfg_overlay=dict(file=...) (test_timm_weights.py)."""
+    with pytest.raises(RuntimeError, match="No pretrained weights exist"):
         with torch.device("meta"):
             timm.create_model("aft_full_tiny_patch16_224", pretrained=True)
+    cfg = timm.models.get_pretrained_cfg("aft_full_tiny_patch16_224")
+    assert not cfg.url and not cfg.hf_hub_id and not cfg.has_weights
+    assert not timm.list_pretrained("aft_*") and not timm.list_models("aft_*", pretrained=True)
