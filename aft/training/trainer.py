@@ -6,7 +6,9 @@ each, so the run does not depend on the number of GPUs. Every ``checkpoint_every
 (and at the end, and on a preemption signal: ``preemption.py``) rank 0 writes an atomic checkpoint
 (``resume.py``: the model, optimizer, grad scaler, every rank's RNG states, the data position),
 but only of good weights (``loss_guard.py``); relaunching the same command resumes from it and
-continues the same loss curve. Every ``eval_every`` updates the data module's ``valid_split`` is
+continues the same loss curve. With ``trainer.ema_decay`` an exponential moving average of the
+weights (timm's ``ModelEmaV3``) is updated after every update, checkpointed under ``model_ema``
+and evaluated beside the raw weights (``<split>_ema_<metric>``). Every ``eval_every`` updates the data module's ``valid_split`` is
 evaluated on ``eval_batches x eval_batch_size`` evenly spaced samples (the same ones for any
 number of processes), after that step's checkpoint; at the end every eval split is evaluated
 whole, written to ``final.json`` and printed. A finished run relaunched prints its final metrics
@@ -34,6 +36,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from aft.position_bias import sparsity_regularizer
@@ -55,6 +58,7 @@ from aft.training.preemption import Preemption
 
 PROVENANCE_FILE = "provenance.jsonl"
 FINAL_FILE = "final.json"  # the final evaluation of every eval split, written once the run is done
+EMA_KEY = "model_ema"  # the checkpoint's exponential moving average of the weights (trainer.ema_decay)
 DIVERGED_FILE = "diverged.json"  # in checkpoints/: where a resume from last.pt became non-finite
 
 
@@ -165,6 +169,12 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
         scheduler.step_update(position.step)
     else:
         torch.manual_seed(cfg.seed + dist.rank)  # per-rank dropout streams
+    ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
+    if ema is not None and resume_from is not None:
+        if EMA_KEY in state:
+            ema.module.load_state_dict(state[EMA_KEY])
+        else:
+            notes.append(f"{resume_from} holds no EMA weights: the average starts from the resumed weights")
 
     final_file = run_dir / FINAL_FILE
     if position.step >= total_steps and final_file.exists():
@@ -217,6 +227,7 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
         rng = all_gather_objects(ckpt.rng_state())
         if dist.is_main and good:
             extra = {
+                **({EMA_KEY: ema.module.state_dict()} if ema is not None else {}),
                 "loss_guard": guard.state_dict(),
                 "config": config,
                 "micro_batch_size": micro,
@@ -264,6 +275,8 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 position.step += 1
+                if ema is not None:
+                    ema.update(model, step=position.step)
                 position.batch_in_epoch += accumulation
                 window_steps += 1
                 scheduler.step_update(position.step)
@@ -280,7 +293,7 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
                 periodic_eval = cfg.trainer.eval_every and position.step % cfg.trainer.eval_every == 0
                 if periodic_eval and position.step < total_steps and not stop_requested:  # the last step: below
                     limit = cfg.trainer.eval_batches and cfg.trainer.eval_batches * cfg.trainer.eval_batch_size
-                    _log_eval(model, data, cfg, dist, logger, position.step, data.valid_split, limit)
+                    _log_evals(model, ema, data, cfg, dist, logger, position.step, data.valid_split, limit)
                 if stop_requested:
                     preemption.stop(position.step)  # exits non-zero (aft/training/preemption.py)
                 if position.step >= total_steps:
@@ -291,7 +304,9 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
 
         save()
         progress.close()
-        final = {split: _log_eval(model, data, cfg, dist, logger, position.step, split, None) for split in data.eval_splits}
+        final: dict[str, Any] = {}
+        for split in data.eval_splits:
+            final.update(_log_evals(model, ema, data, cfg, dist, logger, position.step, split, None))
         if dist.is_main:
             final_file.write_text(_json(final))
             _print_final(final)
@@ -386,14 +401,33 @@ def _log_eval(
     step: int,
     split: str,
     limit: int | None,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``split`` (``limit`` evenly spaced samples, or all) and log it as ``<split>_<metric>``."""
+    """Evaluate ``split`` (``limit`` evenly spaced samples, or all) and log it as ``<name>_<metric>``."""
     loader = data.eval_dataloader(split, cfg.trainer.eval_batch_size, dist.rank, dist.world_size, limit=limit)
     result = evaluate(model, loader, data.task, dist, cfg.trainer.precision)
     result["complete"] = limit is None
     if logger is not None:
-        logger.log(step, {f"{split}_{key}": value for key, value in result.items()})
+        logger.log(step, {f"{name or split}_{key}": value for key, value in result.items()})
     return result
+
+
+def _log_evals(
+    model: nn.Module,
+    ema: ModelEmaV3 | None,
+    data: Any,
+    cfg: DictConfig,
+    dist: DistInfo,
+    logger: MetricLogger | None,
+    step: int,
+    split: str,
+    limit: int | None,
+) -> dict[str, dict[str, Any]]:
+    """``{split: result}`` of the raw weights and, with an EMA, ``{split}_ema`` of the averaged ones."""
+    results = {split: _log_eval(model, data, cfg, dist, logger, step, split, limit)}
+    if ema is not None:
+        results[f"{split}_ema"] = _log_eval(ema.module, data, cfg, dist, logger, step, split, limit, f"{split}_ema")
+    return results
 
 
 def _json(obj: Any) -> str:

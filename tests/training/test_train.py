@@ -271,3 +271,19 @@ def test_environment_mistakes_give_one_line_errors(tmp_path: Path, overrides: li
     assert result.returncode == 1 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, result.stderr[-2000:]
+
+
+def test_the_weight_average_is_checkpointed_resumed_and_evaluated(tmp_path: Path) -> None:
+    steps = ["trainer.log_every=1", "trainer.eval_every=0", "trainer.checkpoint_every=3", "trainer.ema_decay=0.9"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _train(whole, *steps, "trainer.max_steps=6")
+    _train(resumed, *steps, "trainer.max_steps=3")
+    _train(resumed, *steps, "trainer.max_steps=6")
+    a, b = (load(run / "checkpoints" / "last.pt") for run in (whole, resumed))
+    assert a["step"] == b["step"] == 6
+    for key, value in a["model_ema"].items():
+        assert torch.allclose(value, b["model_ema"][key], atol=1e-6), key
+    assert any(not torch.equal(a["model_ema"][k], a["model"][k]) for k in a["model"] if a["model"][k].is_floating_point())
+    final = json.loads((whole / "final.json").read_text())
+    assert {"valid", "valid_ema", "test", "test_ema"} <= set(final)
+    assert final["test_ema"]["loss"] != final["test"]["loss"]
