@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from aft.config_help import experiments_text, groups_text
 from aft.run_name import run_name
 from aft.training.checkpoint import CheckpointError
 from aft.training.trainer import NonFiniteLossError, train
@@ -28,6 +29,8 @@ from data.base import DataError
 USER_ERRORS = (ValueError, FileNotFoundError, DataError, CheckpointError, NonFiniteLossError)
 
 OmegaConf.register_new_resolver("run_name", lambda experiment, overrides: run_name(experiment, overrides), replace=True)
+OmegaConf.register_new_resolver("help_experiments", experiments_text, replace=True)
+OmegaConf.register_new_resolver("help_groups", groups_text, replace=True)
 
 
 def _root_cause(error: BaseException) -> BaseException:
