@@ -3,11 +3,16 @@
     python eval.py runs/default                           # every eval split of the run's data
     python eval.py runs/<run> --splits test --speed       # + Table 7 inference speed/memory (batch 256)
     python eval.py runs/<run>/checkpoints/last.pt data.eval_image_size=384   # AFT-conv at 384 (§5.3)
+    python eval.py runs/<run> --out results/runs          # a record meant for results/REPORT.md
 
-The run's saved config (``<run>/.hydra/config.yaml``) rebuilds the model and data; trailing
-``key=value`` arguments override it (e.g. a resolution or a data path). Records go to
-``results/runs/<experiment>-<config hash>-<split>[-<overrides hash>].json`` with the metrics,
-device and command. Enwik8 scores every byte, CIFAR10 every sub-pixel, ImageNet every image.
+The run's saved config (``<run>/.hydra/config.yaml``, resolved in this environment) rebuilds the
+model and data; trailing ``key=value`` arguments override it (e.g. a resolution or a data path),
+``+key=value`` adds a key. Records go to ``<out>/<experiment>-<config hash>-<split>[-<overrides
+hash>].json`` with the metrics, the resolved config, the training objective the run logged over
+its last epoch (``train_objective``, see :func:`aft.runs.train_objective`), the device and the
+command. ``<out>`` is ``<run>/eval/`` unless ``--out`` is given: ``scripts/compare.py`` reads
+``results/runs/``, the records committed for the report. Enwik8 scores every byte, CIFAR10 every
+sub-pixel, ImageNet every image. A user error prints one line ``error: ...`` and exits 1.
 """
 
 from __future__ import annotations
@@ -22,17 +27,19 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from aft.cli import user_errors_exit
 from aft.provenance import provenance
-from aft.runs import load_config, locate
-from aft.training import checkpoint as ckpt
+from aft.runs import load_config, load_weights, locate, train_objective
 from aft.training.distributed import DistInfo
 from aft.training.evaluate import evaluate, inference_speed
+from aft.training.trainer import check_model_fits_data
+
+RECORDS_DIR = "eval"  # the default --out, inside the run folder
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """First 12 hex digits of the SHA-256 of the resolved config."""
-    text = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def config_hash(config: dict[str, Any]) -> str:
+    """First 12 hex digits of the SHA-256 of a resolved config container."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def speed_example(data: Any, batch_size: int) -> torch.Tensor:
@@ -43,39 +50,69 @@ def speed_example(data: Any, batch_size: int) -> torch.Tensor:
     return images.expand(batch_size, *images.shape[1:]).contiguous()
 
 
+def eval_device(name: str) -> torch.device:
+    """``--device``: a CUDA device only where one is visible."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no GPU is visible here; use --device cpu")
+    return device
+
+
+def steps_per_epoch(data: Any, cfg: DictConfig) -> int:
+    """Optimizer steps in one epoch of the run: its training split in batches of ``trainer.batch_size``."""
+    return len(data.train_dataloader(cfg.trainer.batch_size, 0, 1, cfg.seed, 0))
+
+
+def splits(data: Any, asked: list[str] | None) -> list[str]:
+    """``--splits``, each one of the data's (its eval splits or ``train``); default: its eval splits."""
+    known = [*data.eval_splits, "train"]
+    unknown = [split for split in asked or [] if split not in known]
+    if unknown:
+        raise ValueError(f"--splits {' '.join(unknown)}: this run's data has the splits {' '.join(known)}")
+    return asked or list(data.eval_splits)
+
+
 def evaluate_run(args: argparse.Namespace) -> list[Path]:
     run_dir, checkpoint = locate(args.run)
     cfg, experiment = load_config(run_dir, args.overrides)
-    device = torch.device(args.device)
+    device = eval_device(args.device)
     data = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    state = ckpt.load(checkpoint)
-    model.load_state_dict(state["model"])
+    check_model_fits_data(model, data)
+    state = load_weights(model, checkpoint)
     model.to(device)
     dist = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
     precision = args.precision or cfg.trainer.precision
+    config = OmegaConf.to_container(cfg, resolve=True)
     base = {
         "experiment": experiment,
-        "config_hash": config_hash(cfg),
+        "config_hash": config_hash(config),
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint),
         "step": state["step"],
         "overrides": args.overrides,
         "precision": precision,
+        "train_objective": train_objective(run_dir, state["step"], steps_per_epoch(data, cfg)),
+        "config": config,
         **provenance(device),
     }
     speed = None
     if args.speed:
         speed = inference_speed(model, speed_example(data, args.speed_batch_size), device, precision)
+    out = args.out or run_dir / RECORDS_DIR
     written = []
-    for split in args.splits or data.eval_splits:
+    for split in splits(data, args.splits):
         loader = data.eval_dataloader(split, args.batch_size or cfg.trainer.eval_batch_size)
         metrics = evaluate(model, loader, data.task, dist, precision)
         if data.task == "lm":
             metrics["unit"] = data.bits_unit
         record = {**base, "split": split, "metrics": {**metrics, **(speed or {})}}
-        written.append(_write(record, args.out, args.overrides))
+        written.append(_write(record, out, args.overrides))
         print(json.dumps({"split": split, **record["metrics"]}), flush=True)
+    print(f"wrote {', '.join(map(str, written))}", flush=True)
     return written
 
 
@@ -99,9 +136,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: the run's")
     parser.add_argument("--speed", action="store_true", help="measure inference samples/s and memory")
     parser.add_argument("--speed-batch-size", type=int, default=256, help="Table 7 protocol: 256")
-    parser.add_argument("--out", type=Path, default=Path("results/runs"))
+    parser.add_argument("--out", type=Path, help=f"records folder; default <run>/{RECORDS_DIR}/ (results/runs: for the report)")
     return parser.parse_args(argv)
 
 
+def main(argv: list[str] | None = None) -> None:
+    with user_errors_exit():
+        evaluate_run(parse_args(argv))
+
+
 if __name__ == "__main__":
-    evaluate_run(parse_args())
+    main()

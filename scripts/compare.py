@@ -5,21 +5,31 @@
 
 Inputs: ``results/paper_tables.csv`` (every number of Tables 2-12 and of the §5.3 and §8 text,
 columns ``table,row,experiment,metric,value``) and the JSON records that ``eval.py`` writes under
-``results/runs/``. Per experiment and metric the newest complete record (its ``created`` time)
-that measures the metric is used:
+``results/runs/`` (``eval.py <run> --out results/runs``). A record counts for a paper row only
+when its config equals the row's experiment config (``configs/experiment/<name>.yaml`` composed as
+``train.py`` composes it), ignoring the keys of :data:`aft.run_name.NON_RESULT_KEYS` (paths,
+workers, device, logging, evaluation and checkpoint frequency, ...); the other records of the
+row's experiment are listed apart as "modified", with the keys that differ. Per experiment and
+metric the newest complete counted record (its ``created`` time) that measures the metric is used:
 
+* Train columns (``train_loss``, ``train_bpc``): the training objective the run logged, which
+  eval.py carries as ``train_objective`` (the mean of ``metrics.jsonl``'s ``train_loss`` over the
+  last epoch's logged steps, see :func:`aft.runs.train_objective`): with Mixup, CutMix, label
+  smoothing and dropout as configured, as the paper's train losses are; in bits for LM records.
 * LM records (``unit`` bpc or bits_per_dim): ``bits`` of the ``test`` split -> ``test_bpc`` /
-  ``test_loss``; of the ``train`` split -> ``train_bpc`` / ``train_loss`` (bits/dim).
-* Image records: ``top1`` of the ``val`` split; ``loss`` (nats) of the ``train`` split ->
-  ``train_loss``; ``samples_per_sec`` -> ``images_per_sec`` and ``mem_gb`` (``eval.py --speed``).
+  ``test_loss`` (bits/dim).
+* Image records: ``top1`` of the ``val`` split; ``samples_per_sec`` -> ``images_per_sec`` and
+  ``mem_gb`` (``eval.py --speed``).
 * A record evaluated with the override ``data.eval_image_size=N`` counts for ``<experiment>_evalN``
   (§5.3 "Variable size inputs": the last Table 7 row evaluated on 384 crops).
-* ``params_m`` / ``params_per_layer_m`` are counted from the experiment config on the meta
-  device, with or without a run.
+* ``params_m`` is counted from the experiment config on the meta device, with or without a run;
+  ``params_per_layer_m`` counts the first block's token mixer without its output projection
+  (Q, K, V and the position bias), as the paper's Table 3 does.
 
-Cells read "paper / ours (difference)"; "not run" when the experiment has no record,
-"not measured" when its records lack the metric (e.g. training iters/s), "no config" for rows
-without a model (PixelCNN family). The report holds no timestamp but the records' own.
+Cells read "paper / ours (difference)"; "not run" when the experiment has no record, "modified
+runs only" when all its records differ from its config, "not measured" when its records lack the
+metric (e.g. training iters/s), "no config" for rows without a model (PixelCNN family). The report
+holds no timestamp but the records' own.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import sys
@@ -37,13 +48,16 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from omegaconf import OmegaConf
 
 from aft.experiments import build_on_meta, compose_experiment, count_parameters
+from aft.run_name import result_config
 
 TEST_SPLITS = ("test", "val")  # Enwik8/CIFAR10 test split; ImageNet's test set is its val split
-TRAIN_SPLIT = "train"
 CONFIG_METRICS = ("params_m", "params_per_layer_m")
 EVAL_SIZE_OVERRIDE = re.compile(r"^data\.eval_image_size=(\d+)$")
+OUTPUT_PROJECTION = "proj."  # the AFT layers' output projection, left out of params_per_layer_m
+SHOWN_DIFFERENCES = 4  # keys listed per modified record
 
 TITLES = {
     "2": "Table 2: CIFAR10 NLL in bits/dim; iters/s and GB/GPU while training (batch 32, 8 V100)",
@@ -61,11 +75,17 @@ TITLES = {
     "sec8": "§8 text: sparsity regularization (Eq. 9) and Gumbel-softmax position biases (Eq. 10)",
 }
 _TRAINING_SPEED = "iters/s and GB/GPU are training measurements; eval.py records inference speed only."
-_TRAIN_LOSS = (
-    "Train loss: the paper's is the training objective (Mixup/CutMix, label smoothing, nats); ours is "
-    "the loss of an un-augmented `eval.py --splits train` pass."
+TRAIN_NOTE = (
+    "Train columns: the training objective as logged (`metrics.jsonl` `train_loss`, the mean over the "
+    "last epoch's logged steps; with Mixup/CutMix, label smoothing and dropout as configured), as the "
+    "paper's; bits for bits/dim and bpc."
 )
-NOTES = {"2": _TRAINING_SPEED, "4": _TRAINING_SPEED, "9": _TRAIN_LOSS, "10": _TRAIN_LOSS, "11": _TRAIN_LOSS}
+NOTES = {
+    "2": _TRAINING_SPEED,
+    "3": "#params/layer: the token mixer's Q, K, V projections and position bias, without its output "
+    "projection, which is what the paper's 0.6M / 9.6M count; Table 7's #params count every parameter.",
+    "4": _TRAINING_SPEED,
+}
 METRIC_LABELS = {
     "train_loss": "train loss",
     "test_loss": "test loss",
@@ -137,31 +157,88 @@ def load_records(runs_dir: Path) -> dict[str, dict[str, Any]]:
     return {path.name: json.loads(path.read_text()) for path in sorted(runs_dir.glob("*.json"))}
 
 
+def eval_size_overrides(record: dict[str, Any]) -> tuple[str, ...]:
+    """The record's ``data.eval_image_size=N`` override, if it has one."""
+    return tuple(o for o in record.get("overrides", []) if EVAL_SIZE_OVERRIDE.match(o))[:1]
+
+
 def record_experiment(record: dict[str, Any]) -> str:
     """The experiment a record measures: ``<experiment>_evalN`` when evaluated at another crop size."""
-    for override in record.get("overrides", []):
-        match = EVAL_SIZE_OVERRIDE.match(override)
-        if match:
-            return f"{record['experiment']}_eval{match.group(1)}"
-    return record["experiment"]
+    sizes = [EVAL_SIZE_OVERRIDE.match(o).group(1) for o in eval_size_overrides(record)]
+    return record["experiment"] + "".join(f"_eval{size}" for size in sizes)
+
+
+@cache
+def _paper_config(experiment: str, overrides: tuple[str, ...]) -> dict[str, Any]:
+    """The leaves of the experiment's composed config that change the result, by dotted key."""
+    config = OmegaConf.to_container(compose_experiment(experiment, overrides), resolve=True)
+    return _leaves(result_config(config))
+
+
+def _leaves(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every non-mapping value of a nested mapping (a list is one value)."""
+    if not isinstance(config, dict) or not config:
+        return {prefix.removesuffix("."): config}
+    leaves: dict[str, Any] = {}
+    for key, value in config.items():
+        leaves.update(_leaves(value, f"{prefix}{key}."))
+    return leaves
+
+
+def config_differences(record: dict[str, Any]) -> list[str]:
+    """``key: paper -> ours`` for each key that changes the result where the record's config differs
+    from its experiment's config (empty: the record counts for the paper row)."""
+    if "config" not in record:
+        return ["the record holds no config (written before eval.py stored it): re-run eval.py on the run"]
+    paper = _paper_config(record["experiment"], eval_size_overrides(record))
+    ours = _leaves(result_config(record["config"]))
+    absent = "(absent)"
+    return [
+        f"{key}: {paper.get(key, absent)} -> {ours.get(key, absent)}"
+        for key in sorted(paper.keys() | ours.keys())
+        if paper.get(key, absent) != ours.get(key, absent)
+    ]
 
 
 def paper_metrics(record: dict[str, Any]) -> dict[str, float]:
     """The paper metrics a record measures (see the module docstring)."""
     metrics, split = record["metrics"], record["split"]
-    if split not in (*TEST_SPLITS, TRAIN_SPLIT) or not metrics.get("complete", True):
+    if not metrics.get("complete", True):
         return {}
-    role = "train" if split == TRAIN_SPLIT else "test"
-    if "unit" in metrics:  # language / pixel modeling
-        return {f"{role}_bpc" if metrics["unit"] == "bpc" else f"{role}_loss": metrics["bits"]}
-    if role == "train":
-        return {"train_loss": metrics["loss"]}
-    found = {"top1": metrics["top1"]}
+    found: dict[str, float] = {}
+    lm = "unit" in metrics  # language / pixel modeling
+    objective = record.get("train_objective")
+    if objective is not None:
+        train_metric = "train_bpc" if metrics.get("unit") == "bpc" else "train_loss"
+        found[train_metric] = objective["loss"] / math.log(2) if lm else objective["loss"]
+    if split not in TEST_SPLITS:
+        return found
+    if lm:
+        found["test_bpc" if metrics["unit"] == "bpc" else "test_loss"] = metrics["bits"]
+        return found
+    found["top1"] = metrics["top1"]
     if "samples_per_sec" in metrics:
         found["images_per_sec"] = metrics["samples_per_sec"]
     if "mem_gb" in metrics:
         found["mem_gb"] = metrics["mem_gb"]
     return found
+
+
+def split_records(
+    records: dict[str, dict[str, Any]], experiments: set[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """The records of the paper's ``experiments`` whose config is the experiment's, and the others'
+    differences by file name (records of other experiments are in neither)."""
+    counted, modified = {}, {}
+    for name, record in records.items():
+        if record_experiment(record) not in experiments:
+            continue
+        differences = config_differences(record)
+        if differences:
+            modified[name] = differences
+        else:
+            counted[name] = record
+    return counted, modified
 
 
 def newest_measurements(records: dict[str, dict[str, Any]]) -> dict[tuple[str, str], Measured]:
@@ -178,14 +255,18 @@ def newest_measurements(records: dict[str, dict[str, Any]]) -> dict[tuple[str, s
 
 @cache
 def config_count(experiment: str, metric: str) -> float:
-    """#params in millions of the experiment's model (``params_m``) or of its first token mixer."""
+    """#params in millions of the experiment's model (``params_m``) or of its first token mixer
+    without the output projection (``params_per_layer_m``)."""
     model = build_on_meta(compose_experiment(experiment).model)
-    counted = model.blocks[0].mixer if metric == "params_per_layer_m" else model
-    return count_parameters(counted) / 1e6
+    if metric == "params_m":
+        return count_parameters(model) / 1e6
+    mixer = model.blocks[0].mixer
+    return sum(p.numel() for name, p in mixer.named_parameters() if not name.startswith(OUTPUT_PROJECTION)) / 1e6
 
 
-def join(paper: list[PaperValue], records: dict[str, dict[str, Any]]) -> list[Cell]:
-    """Every paper number with ours, or the reason it is missing."""
+def join(paper: list[PaperValue], records: dict[str, dict[str, Any]], modified_runs: set[str]) -> list[Cell]:
+    """Every paper number with ours, from the counted ``records``, or the reason it is missing
+    (``modified_runs``: the experiments that have records of another config)."""
     measured = newest_measurements(records)
     experiments_run = {record_experiment(r) for r in records.values()}
     cells = []
@@ -197,8 +278,14 @@ def join(paper: list[PaperValue], records: dict[str, dict[str, Any]]) -> list[Ce
         elif (value.experiment, value.metric) in measured:
             cells.append(Cell(value, measured[value.experiment, value.metric], ""))
         else:
-            cells.append(Cell(value, None, "not measured" if value.experiment in experiments_run else "not run"))
+            cells.append(Cell(value, None, _missing(value.experiment, experiments_run, modified_runs)))
     return cells
+
+
+def _missing(experiment: str, experiments_run: set[str], modified_runs: set[str]) -> str:
+    if experiment in experiments_run:
+        return "not measured"
+    return "modified runs only" if experiment in modified_runs else "not run"
 
 
 def _decimals(text: str) -> int:
@@ -243,6 +330,20 @@ def sources(cells: list[Cell], records: dict[str, dict[str, Any]]) -> list[str]:
         r = records[name]
         line = f"- `{name}`: split {r['split']}, step {r.get('step')}, {r.get('device')}, {r.get('created')}"
         lines.append(line + (f", commit {r['commit']}" if "commit" in r else ""))
+    return lines
+
+
+def modified_lines(cells: list[Cell], records: dict[str, dict[str, Any]], modified: dict[str, list[str]]) -> list[str]:
+    """The table's modified records (not counted): file, split, step and the first differing keys."""
+    experiments = {c.paper.experiment for c in cells}
+    lines = []
+    for name, differences in modified.items():
+        r = records[name]
+        if record_experiment(r) not in experiments:
+            continue
+        shown = "; ".join(differences[:SHOWN_DIFFERENCES])
+        more = len(differences) - SHOWN_DIFFERENCES
+        lines.append(f"- `{name}`: split {r['split']}, step {r.get('step')}: {shown}" + (f" (+{more} more)" if more > 0 else ""))
     return lines
 
 
@@ -320,28 +421,39 @@ def write_figures(tables: dict[str, list[Cell]], figures_dir: Path) -> dict[str,
 
 
 def render_report(
-    cells: list[Cell], records: dict[str, dict[str, Any]], figures: dict[str, list[Path]], report: Path, args: str
+    cells: list[Cell],
+    records: dict[str, dict[str, Any]],
+    modified: dict[str, list[str]],
+    figures: dict[str, list[Path]],
+    report: Path,
+    args: str,
 ) -> str:
-    """The Markdown of ``REPORT.md``."""
+    """The Markdown of ``REPORT.md`` from every record and the differences of the ``modified`` ones."""
     tables = _by_table(cells)
     found = sum(c.ours is not None and c.ours.source != "config" for c in cells)
     lines = [
         "# The paper's tables vs our runs",
         "",
-        f"Generated by `python scripts/compare.py{args}` from {len(records)} run record(s). "
+        f"Generated by `python scripts/compare.py{args}` from {len(records)} run record(s), "
+        f"{len(modified)} of them of a modified config (listed per table, not counted). "
         f"{found} of {len(cells)} paper numbers have a measured counterpart; #params are counted from "
         "the experiment configs. Cells read `paper / ours (ours - paper)`.",
     ]
     for table, table_cells in tables.items():
         lines += ["", f"## {TITLES[table]}", ""]
-        if table in NOTES:
-            lines += [NOTES[table], ""]
+        train_columns = any(c.paper.metric.startswith("train_") for c in table_cells)
+        for note in (NOTES.get(table), TRAIN_NOTE if train_columns else None):
+            if note:
+                lines += [note, ""]
         lines += markdown_table(table_cells)
         for figure in figures.get(table, []):
             lines += ["", f"![{figure.stem}]({os.path.relpath(figure, report.parent)})"]
         used = sources(table_cells, records)
         if used:
             lines += ["", "Records:", *used]
+        changed = modified_lines(table_cells, records, modified)
+        if changed:
+            lines += ["", "Modified runs (config differs from the experiment's: `key: paper -> ours`; not counted):", *changed]
     return "\n".join(lines) + "\n"
 
 
@@ -357,11 +469,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     records = load_records(args.runs)
-    cells = join(load_paper(args.tables), records)
+    paper = load_paper(args.tables)
+    counted, modified = split_records(records, {value.experiment for value in paper if value.experiment})
+    cells = join(paper, counted, {record_experiment(records[name]) for name in modified})
     figures = write_figures(_by_table(cells), args.figures)
     command = "".join(f" {a}" for a in argv)
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(render_report(cells, records, figures, args.report, command))
+    args.report.write_text(render_report(cells, records, modified, figures, args.report, command))
     print(f"wrote {args.report} and {sum(map(len, figures.values()))} figures in {args.figures}")
 
 

@@ -1,0 +1,173 @@
+"""eval.py as a user runs it, on a tiny CPU run: where records go, what they carry, and one line
+naming the fix for every user error (in subprocesses where the process boundary matters, else
+through ``eval.main``, which is what ``python eval.py`` runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from omegaconf import OmegaConf
+
+from aft.experiments import compose_config, compose_experiment
+from aft.run_name import result_config
+from aft.training.logger import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+TINY = [
+    "model.depth=1", "model.dim=32", "data.seq_len=32", "trainer.batch_size=4", "trainer.max_steps=4",
+    "trainer.log_every=1", "trainer.eval_every=0", "trainer.device=cpu",
+]
+# A tiny AFT-conv ViT on the embedded images whose model has 1000 outputs for the data's 10 classes
+# (without the keys the default experiment sets for its decoder).
+IMAGES_1000_OUTPUTS = [
+    "model=vit", "model/mixer=aft_conv2d", "data=embedded_images", "model.img_size=16", "model.patch_size=4",
+    "model.depth=1", "model.dim=16", "model.mixer.heads=4", "model.mixer.kernel_size=3", "data.image_size=16",
+    "data.num_train=64", "data.num_test=32", "data.num_workers=0",
+    "~model.seq_len", "~model.vocab_size", "~model.dropout", "~data.seq_len",
+]
+ENWIK8 = "enwik8_aft_local32_l24_d256"
+
+
+def _eval(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "eval.py", *args]
+    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def script() -> ModuleType:
+    """``eval.py`` imported as a module."""
+    spec = importlib.util.spec_from_file_location("eval_script", ROOT / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-step run of the quick start's model, shrunk, every step's training loss logged."""
+    run_dir = tmp_path_factory.mktemp("eval") / "run"
+    command = [sys.executable, "train.py", *TINY, f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def _fake_run(folder: Path, cfg) -> Path:
+    """A run folder holding ``cfg`` as train.py saves it (interpolations unresolved) and an empty checkpoint."""
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.pt").touch()
+    return folder
+
+
+def _tree_status() -> str:
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all", "results"],
+        capture_output=True, text=True, check=True,
+    )
+    return result.stdout
+
+
+def test_records_go_into_the_run_folder_with_the_config_and_the_training_objective(run: Path) -> None:
+    before = _tree_status()
+    result = _eval(str(run), "--splits", "test")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _tree_status() == before  # nothing written to the tracked results/
+    (path,) = (run / "eval").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["experiment"] == "embedded_text_aft_local" and record["split"] == "test" and record["step"] == 4
+    expected = OmegaConf.to_container(compose_experiment("embedded_text_aft_local", TINY), resolve=True)
+    assert result_config(record["config"]) == result_config(expected)
+    losses = [r["train_loss"] for r in read_metrics(run) if "train_loss" in r]
+    objective = record["train_objective"]
+    assert len(losses) == 4 and objective["logged_steps"] == 4 and (objective["first_step"], objective["last_step"]) == (1, 4)
+    assert objective["loss"] == pytest.approx(sum(losses) / 4, rel=1e-12)
+
+
+def test_a_missing_run_folder_is_one_line_on_stderr_and_exit_1(tmp_path: Path) -> None:
+    result = _eval(str(tmp_path / "no-run"))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == f"error: {tmp_path / 'no-run'} does not exist: give a run folder written by train.py (runs/<name>) or a checkpoint file\n"
+
+
+def _one_line_error(script: ModuleType, capsys: pytest.CaptureFixture, *arguments: str) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        script.main([*arguments])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 1 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fix"),
+    [
+        (["model.vocab_size=10"], ["does not fit", "model.* overrides"]),
+        (["data.seq_lenn=64"], ["has no key data.seq_lenn", "+data.seq_lenn=64"]),
+        (["data.seq_len"], ["is not key=value"]),
+        (["--splits", "val"], ["--splits val: this run's data has the splits valid test train"]),
+        (["--device", "gpu"], ["use cpu or cuda"]),
+    ],
+)
+def test_user_errors_of_a_run_are_one_line(
+    script: ModuleType, capsys: pytest.CaptureFixture, run: Path, arguments: list[str], fix: list[str]
+) -> None:
+    line = _one_line_error(script, capsys, str(run / "checkpoints" / "last.pt"), *arguments, "--out", str(run / "x"))
+    assert all(part in line for part in fix), line
+
+
+def test_a_missing_data_path_is_one_line(
+    script: ModuleType, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    run_dir = _fake_run(tmp_path / "enwik8", compose_experiment(ENWIK8))
+    monkeypatch.setenv("AFT_DATA_ROOT", str(tmp_path / "no-data"))
+    line = _one_line_error(script, capsys, str(run_dir))
+    assert f"not found at {tmp_path / 'no-data' / 'enwik8'}: set data.root" in line
+
+
+def test_an_unresolvable_saved_interpolation_is_one_line(
+    script: ModuleType, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = compose_experiment(ENWIK8)
+    cfg.data.root = "${oc.env:AFT_EVAL_TEST_UNSET}/enwik8"
+    run_dir = _fake_run(tmp_path / "enwik8", cfg)
+    monkeypatch.delenv("AFT_EVAL_TEST_UNSET", raising=False)
+    line = _one_line_error(script, capsys, str(run_dir))
+    assert "data.root: ${oc.env:AFT_EVAL_TEST_UNSET}/enwik8 cannot be resolved" in line and "data.root=<value>" in line
+    assert "not found at" in _one_line_error(script, capsys, str(run_dir), f"data.root={tmp_path}")  # the fix works
+
+
+def test_a_model_without_an_output_per_class_is_one_line(
+    script: ModuleType, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    run_dir = _fake_run(tmp_path / "images", compose_config(IMAGES_1000_OUTPUTS))
+    line = _one_line_error(script, capsys, str(run_dir))
+    assert "the data has 10 classes but the model has 1000 outputs: set model.num_classes=10" in line
+
+
+def test_a_cuda_device_needs_a_gpu(script: ModuleType) -> None:
+    if script.torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(ValueError, match="--device cuda: no GPU is visible here; use --device cpu"):
+        script.eval_device("cuda")
+
+
+def test_an_empty_checkpoint_is_one_line(
+    script: ModuleType, capsys: pytest.CaptureFixture, run: Path, tmp_path: Path
+) -> None:
+    """A zero-length last.pt (a full disk) is named as corrupt, not an IndexError from its empty message."""
+    copy = tmp_path / "run"
+    (copy / ".hydra").mkdir(parents=True)
+    (copy / ".hydra" / "config.yaml").write_text((run / ".hydra" / "config.yaml").read_text())
+    (copy / "checkpoints").mkdir()
+    (copy / "checkpoints" / "last.pt").write_bytes(b"")
+    line = _one_line_error(script, capsys, str(copy))
+    assert f"checkpoint {copy / 'checkpoints' / 'last.pt'} is corrupt or unreadable" in line
