@@ -171,7 +171,7 @@ forget_dead() {  # keep in $STATE/started only the daemons still running (a mach
     local name pid
     touch "$STATE/started"
     while read -r name pid; do
-        if alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$name"; then echo "$name $pid"; fi
+        if alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$name"; then echo "$name $pid"; fi
     done <"$STATE/started" >"$STATE/started.alive"
     mv "$STATE/started.alive" "$STATE/started"
 }
@@ -208,7 +208,7 @@ down() {
     fi
     local name pid
     tac "$STATE/started" | while read -r name pid; do  # reverse order of start
-        if alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$name"; then
+        if alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$name"; then
             kill "$pid"
             for _ in $(seq 60); do alive "$pid" || break; sleep 0.5; done
             alive "$pid" && kill -9 "$pid"
