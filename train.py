@@ -6,51 +6,33 @@
     python train.py -m hydra/launcher=slurm_v100 experiment=enwik8_aft_local32_l24_d256 model.mixer.window=16,32,64
 
 The run folder is runs/<experiment>[-<hash of the overrides that change the result>]
-(aft/run_name.py): the same command writes to, and resumes from, the same folder. Configuration mistakes and bad data stop the
-run with one line that names the fix.
+(aft/run_name.py): the same command writes to, and resumes from, the same folder.
+Configuration mistakes and bad data stop the run with one line that names the fix (aft/cli.py).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from aft.cli import user_errors_exit
 from aft.config_help import experiments_text, groups_text
 from aft.run_name import run_name
-from aft.training.checkpoint import CheckpointError
-from aft.training.trainer import NonFiniteLossError, train
-from data.base import DataError
-
-USER_ERRORS = (ValueError, FileNotFoundError, DataError, CheckpointError, NonFiniteLossError)
+from aft.training.trainer import train
 
 OmegaConf.register_new_resolver("run_name", lambda experiment, overrides: run_name(experiment, overrides), replace=True)
 OmegaConf.register_new_resolver("help_experiments", experiments_text, replace=True)
 OmegaConf.register_new_resolver("help_groups", groups_text, replace=True)
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    """The exception a Hydra ``instantiate`` wrapped, or ``error`` itself."""
-    while isinstance(error, InstantiationException) and error.__cause__ is not None:
-        error = error.__cause__
-    return error
-
-
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors_exit():
         hydra_cfg = HydraConfig.get()
         train(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
-    except Exception as error:
-        cause = _root_cause(error)
-        if isinstance(cause, USER_ERRORS):
-            print(f"error: {cause}", file=sys.stderr, flush=True)
-            sys.exit(1)
-        raise
 
 
 if __name__ == "__main__":

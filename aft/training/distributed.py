@@ -68,7 +68,7 @@ def _check_cuda_arch(device: torch.device) -> None:
     """Fail early when this PyTorch build has no kernels for the GPU (e.g. V100 = sm_70).
 
     Recent PyPI wheels start at sm_75; V100 users need a build that still lists sm_70
-    (README, "V100").
+    (docs/training.md, "V100").
     """
     major, minor = torch.cuda.get_device_capability(device)
     built = [a for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
@@ -77,7 +77,7 @@ def _check_cuda_arch(device: torch.device) -> None:
         raise RuntimeError(
             f"this PyTorch build ({torch.__version__}) has no kernels for {torch.cuda.get_device_name(device)} "
             f"(sm_{major}{minor}; it starts at sm_{oldest}): install a build that lists sm_{major}{minor} "
-            "in torch.cuda.get_arch_list() (README, section V100)"
+            "in torch.cuda.get_arch_list() (docs/training.md, section V100)"
         )
 
 
