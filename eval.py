@@ -82,7 +82,7 @@ def evaluate_run(args: argparse.Namespace) -> list[Path]:
     data = instantiate(cfg.data)
     model = instantiate(cfg.model)
     check_model_fits_data(model, data)
-    state = load_weights(model, checkpoint)
+    state = load_weights(model, checkpoint, args.weights)
     model.to(device)
     dist = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
     precision = args.precision or cfg.trainer.precision
@@ -95,6 +95,7 @@ def evaluate_run(args: argparse.Namespace) -> list[Path]:
         "step": state["step"],
         "overrides": args.overrides,
         "precision": precision,
+        "weights": args.weights,
         "train_objective": train_objective(run_dir, state["step"], steps_per_epoch(data, cfg)),
         "config": config,
         **provenance(device),
@@ -119,6 +120,8 @@ def evaluate_run(args: argparse.Namespace) -> list[Path]:
 def _write(record: dict[str, Any], out: Path, overrides: list[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     name = f"{record['experiment']}-{record['config_hash']}-{record['split']}"
+    if record["weights"] != "model":
+        name += f"-{record['weights']}"
     if overrides:
         name += "-" + hashlib.sha256(" ".join(overrides).encode()).hexdigest()[:8]
     path = out / f"{name}.json"
@@ -136,6 +139,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: the run's")
     parser.add_argument("--speed", action="store_true", help="measure inference samples/s and memory")
     parser.add_argument("--speed-batch-size", type=int, default=256, help="Table 7 protocol: 256")
+    parser.add_argument(
+        "--weights", choices=["model", "model_ema"], default="model",
+        help="the trained weights, or their moving average (runs trained with trainer.ema_decay)",
+    )
     parser.add_argument("--out", type=Path, help=f"records folder; default <run>/{RECORDS_DIR}/ (results/runs: for the report)")
     return parser.parse_args(argv)
 

@@ -97,18 +97,15 @@ def _resolve(cfg: DictConfig, config_file: Path) -> None:
     OmegaConf.resolve(cfg)
 
 
-def load_weights(model: nn.Module, checkpoint: Path) -> dict[str, Any]:
-    """Load ``checkpoint``'s weights into ``model``; returns the checkpoint. A model that does not fit
-    the weights (e.g. a ``model.*`` override) is a :class:`~aft.training.checkpoint.CheckpointError`."""
+def load_weights(model: nn.Module, checkpoint: Path, weights: str = "model") -> dict[str, Any]:
+    """Load ``checkpoint``'s weights (``"model"``, or ``"model_ema"``: their moving average) into
+    ``model``; returns the checkpoint. A model that does not fit the weights (e.g. a ``model.*``
+    override) is a :class:`~aft.training.checkpoint.CheckpointError`."""
     state = ckpt.load(checkpoint)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()] or [str(error)]
-        raise ckpt.CheckpointError(
-            f"{checkpoint} does not fit the configured model ({details[0].rstrip('.')}); "
-            "drop the model.* overrides, or give the checkpoint of this config's run"
-        ) from None
+    fix = "drop the model.* overrides, or give the checkpoint of this config's run"
+    if weights != "model":
+        fix = "evaluate the raw weights (--weights model), or train with trainer.ema_decay"
+    ckpt.load_weights(model, state, checkpoint, fix, key=weights)
     return state
 
 

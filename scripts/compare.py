@@ -323,12 +323,13 @@ def markdown_table(cells: list[Cell]) -> list[str]:
 
 
 def sources(cells: list[Cell], records: dict[str, dict[str, Any]]) -> list[str]:
-    """The records behind a table's numbers: file, split, step, device, creation time, commit."""
+    """The records behind a table's numbers: file, split, weights, step, device, creation time, commit."""
     names = sorted({c.ours.source for c in cells if c.ours is not None and c.ours.source != "config"})
     lines = []
     for name in names:
         r = records[name]
-        line = f"- `{name}`: split {r['split']}, step {r.get('step')}, {r.get('device')}, {r.get('created')}"
+        weights = "EMA weights" if r.get("weights") == "model_ema" else "trained weights"
+        line = f"- `{name}`: split {r['split']}, {weights}, step {r.get('step')}, {r.get('device')}, {r.get('created')}"
         lines.append(line + (f", commit {r['commit']}" if "commit" in r else ""))
     return lines
 

@@ -171,3 +171,21 @@ def test_an_empty_checkpoint_is_one_line(
     (copy / "checkpoints" / "last.pt").write_bytes(b"")
     line = _one_line_error(script, capsys, str(copy))
     assert f"checkpoint {copy / 'checkpoints' / 'last.pt'} is corrupt or unreadable" in line
+
+
+def test_the_weight_average_is_evaluated_on_request(script: ModuleType, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    run_dir = tmp_path / "ema"
+    command = [sys.executable, "train.py", *TINY, "trainer.ema_decay=0.5", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    script.main([str(run_dir), "--splits", "test", "--weights", "model_ema"])
+    script.main([str(run_dir), "--splits", "test"])
+    records = {r["weights"]: r for r in (json.loads(p.read_text()) for p in (run_dir / "eval").glob("*.json"))}
+    final = json.loads((run_dir / "final.json").read_text())
+    assert records["model_ema"]["metrics"]["loss"] == pytest.approx(final["test_ema"]["loss"], rel=1e-6)
+    assert records["model"]["metrics"]["loss"] == pytest.approx(final["test"]["loss"], rel=1e-6)
+
+
+def test_a_run_without_an_average_says_how_to_get_one(script: ModuleType, capsys: pytest.CaptureFixture, run: Path) -> None:
+    line = _one_line_error(script, capsys, str(run), "--weights", "model_ema", "--out", str(run / "x"))
+    assert "holds no 'model_ema' weights" in line and "trainer.ema_decay" in line

@@ -67,6 +67,20 @@ def load(path: Path) -> dict[str, Any]:
     return state
 
 
+def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path, fix: str, key: str = "model") -> None:
+    """``state[key]`` (the weights, or ``model_ema`` their average) into ``model``.
+
+    A checkpoint without that set, or of another model, is a :class:`CheckpointError` ending in ``fix``.
+    """
+    if key not in state:
+        raise CheckpointError(f"{path} holds no {key!r} weights (it has {sorted(k for k in state if 'model' in k)}): {fix}")
+    try:
+        model.load_state_dict(state[key])
+    except RuntimeError as error:
+        details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()] or [str(error)]
+        raise CheckpointError(f"{path} does not fit the configured model ({details[0].rstrip('.')}); {fix}") from None
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) RNG states in a ``weights_only``-loadable form."""
     name, keys, pos, has_gauss, cached = np.random.get_state()

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
@@ -93,18 +93,6 @@ def training_state(
         "batch_in_epoch": position.batch_in_epoch,
         **extra,
     }
-
-
-def load_model(model: nn.Module, state: dict[str, Any], path: Path) -> None:
-    """The checkpoint's weights into ``model``; a checkpoint of another model is a one-line error."""
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise ckpt.CheckpointError(
-            f"checkpoint {path} does not fit the configured model ({first}): resume it with the model.* "
-            "config it was trained with, or start over with trainer.resume=none"
-        ) from None
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:

@@ -156,7 +156,8 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
 
     if resume_from is not None:
         state = ckpt.load(resume_from)
-        resume.load_model(model, state, resume_from)
+        fix = "resume it with the model.* config it was trained with, or start over with trainer.resume=none"
+        ckpt.load_weights(model, state, resume_from, fix)
         resume.load_optimizer(optimizer, state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         guard.load_state_dict(state.get("loss_guard", {}))
@@ -172,7 +173,7 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
     ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
     if ema is not None and resume_from is not None:
         if EMA_KEY in state:
-            ema.module.load_state_dict(state[EMA_KEY])
+            ckpt.load_weights(ema.module, state, resume_from, fix, key=EMA_KEY)
         else:
             notes.append(f"{resume_from} holds no EMA weights: the average starts from the resumed weights")
 

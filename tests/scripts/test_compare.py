@@ -52,7 +52,10 @@ SYNTHETIC = {
     # an un-augmented pass over the train split is not the training objective: it fills no train column
     "train.json": record(ENWIK8, "train", "2026-03-01T00:00:00+00:00", loss=0.3, bits=0.5, unit="bpc"),
     "valid.json": record(ENWIK8, "valid", "2026-03-01T00:00:00+00:00", loss=0.1, bits=0.5, unit="bpc"),
-    "cifar.json": record("cifar10_aft_simple_l24_d256", "test", "2026-02-01T00:00:00+00:00", loss=2.0, bits=2.95, unit="bits_per_dim"),
+    "cifar.json": {
+        **record("cifar10_aft_simple_l24_d256", "test", "2026-02-01T00:00:00+00:00", loss=2.0, bits=2.95, unit="bits_per_dim"),
+        "weights": "model_ema",
+    },
     "k15.json": record(
         K15, "val", "2026-02-01T00:00:00+00:00", train_loss=2.9, loss=1.0, top1=80.5, top5=95.0,
         samples_per_sec=900.0, mem_gb=3.0,
@@ -110,7 +113,8 @@ def test_report_with_some_runs(tmp_path: Path) -> None:
     assert "80.8 / not measured" in row(report, "Table 7:", "AFT-conv small kernel=11 heads=384")  # incomplete
     assert "76.9 / not run" in row(report, "Table 7:", "ResNet50 kernel=3")
     assert "3.14 / no config" in row(report, "Table 2:", "PixelCNN")
-    assert "- `new.json`: split test, step 1000, test GPU, 2026-02-01T00:00:00+00:00, commit 0123abc" in report
+    assert "- `new.json`: split test, trained weights, step 1000, test GPU, 2026-02-01T00:00:00+00:00, commit 0123abc" in report
+    assert "- `cifar.json`: split test, EMA weights, step 1000" in report
     assert "old.json" not in report and "valid.json" not in report and "train.json" not in report
     assert "logged steps" in section(report, "Table 11:") and "logged steps" in section(report, "Table 4:")
 
