@@ -1,4 +1,4 @@
-"""AFT token-mixing layers (§3): projections around :mod:`aft.functional`.
+"""AFT token-mixing layers (§3): projections around the operators of :mod:`aft.ops`.
 
 Every layer maps ``x`` to ``proj(sigmoid(Q) * avg)`` with ``Q, K, V`` linear projections
 of ``x`` (§3.1), a drop-in replacement of multi-head attention. Sequence layers take
@@ -6,36 +6,20 @@ of ``x`` (§3.1), a drop-in replacement of multi-head attention. Sequence layers
 
 Causal layers also decode one token at a time with :meth:`AFTLayer.step`, keeping
 O(window * D) state for AFT-local and AFT-conv1d, O(D) for AFT-simple and O(t * D) for
-AFT-full, and matching the full forward pass.
+AFT-full, and matching the full forward pass (:mod:`aft.ops.decode`).
+
+Every layer takes ``backend`` (``model.mixer.backend``): ``"auto"`` (Triton kernels where
+they run, else the PyTorch path), ``"triton"``, ``"torch"`` or ``"naive"`` (:mod:`aft.ops.dispatch`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
-from aft import functional as AF
+from aft import ops
+from aft.ops.decode import DecodeCache
 from aft.position_bias import ConvPositionBias, DensePositionBias, FactorizedPositionBias
-
-
-@dataclass
-class DecodeCache:
-    """Incremental-decoding state of one causal AFT layer.
-
-    ``keys`` ``(B, L, Hk)`` and ``values`` ``(B, L, D)`` hold the last ``L`` positions (all of
-    them for AFT-full); positions that left the window are folded into the running
-    log-sum-exp state ``out_max`` ``(B, Hk)``, ``out_num`` ``(B, D)``, ``out_den`` ``(B, Hk)``
-    (bias 0 there, Eq. 4). ``t`` is the number of positions seen.
-    """
-
-    keys: Tensor
-    values: Tensor
-    out_max: Tensor
-    out_num: Tensor
-    out_den: Tensor
-    t: int = 0
 
 
 class AFTLayer(nn.Module):
@@ -46,15 +30,17 @@ class AFTLayer(nn.Module):
         key_dim: width of ``K``: ``D`` for AFT-full/local/simple, ``heads`` for AFT-conv.
         causal: restrict every position to its past (decoders, §5.1-5.2).
         use_query: ``False`` drops the query gate (Table 12, "w/o q").
+        backend: which implementation runs the operator (:mod:`aft.ops.dispatch`); ``"auto"`` by default.
     """
 
     window: int | None = None  # positions kept in the decode cache; None keeps all
     # Causal subclasses define ``decode_bias(t, L) -> (Hb, L)``: the biases w[t, t'] of the
     # cached positions t' = t - L + 1 .. t, used by :meth:`step`.
 
-    def __init__(self, dim: int, key_dim: int, causal: bool, use_query: bool) -> None:
+    def __init__(self, dim: int, key_dim: int, causal: bool, use_query: bool, backend: ops.Backend = "auto") -> None:
         super().__init__()
-        self.dim, self.causal = dim, causal
+        ops.dispatch.check_backend(backend)
+        self.dim, self.causal, self.backend = dim, causal, backend
         self.to_q = nn.Linear(dim, dim) if use_query else None
         self.to_k = nn.Linear(dim, key_dim)
         self.to_v = nn.Linear(dim, dim)
@@ -79,53 +65,8 @@ class AFTLayer(nn.Module):
         if not self.causal:
             raise ValueError(f"{type(self).__name__} was built with causal=False and cannot decode")
         q, k, v = self._qkv(x)
-        k, v = AF.upcast(k), AF.upcast(v)
-        if cache is None:
-            B, Hk, D = k.shape[0], k.shape[-1], v.shape[-1]
-            cache = DecodeCache(
-                keys=k.new_zeros(B, 0, Hk),
-                values=v.new_zeros(B, 0, D),
-                out_max=k.new_full((B, Hk), float("-inf")),
-                out_num=v.new_zeros(B, D),
-                out_den=k.new_zeros(B, Hk),
-            )
-        cache.keys = torch.cat([cache.keys, k.unsqueeze(1)], dim=1)
-        cache.values = torch.cat([cache.values, v.unsqueeze(1)], dim=1)
-        if self.window is not None and cache.keys.shape[1] > self.window:
-            _fold_oldest(cache)
-        avg = _cached_average(cache, AF.upcast(self.decode_bias(cache.t, cache.keys.shape[1])))
-        cache.t += 1
-        y = avg if q is None else torch.sigmoid(AF.upcast(q)) * avg
+        y, cache = ops.decode_step(q, k, v, self.decode_bias, self.window, cache)
         return self.proj(y.to(x.dtype)), cache
-
-
-def _fold_oldest(cache: DecodeCache) -> None:
-    """Move the oldest cached position out of the window into the running sums."""
-    k, v = cache.keys[:, 0], cache.values[:, 0]
-    group = v.shape[-1] // k.shape[-1]
-    new_max = torch.maximum(cache.out_max, k)
-    decay, weight = torch.exp(cache.out_max - new_max), torch.exp(k - new_max)
-    cache.out_den = cache.out_den * decay + weight
-    cache.out_num = cache.out_num * decay.repeat_interleave(group, -1) + weight.repeat_interleave(group, -1) * v
-    cache.out_max = new_max
-    cache.keys, cache.values = cache.keys[:, 1:], cache.values[:, 1:]
-
-
-def _cached_average(cache: DecodeCache, bias: Tensor) -> Tensor:
-    """Eq. 2 at the newest position from the cache: ``(B, D)``.
-
-    Args:
-        bias: ``(Hb, L)`` biases of the cached positions, ``Hb`` in ``{1, Hk}``.
-    """
-    group = cache.values.shape[-1] // cache.keys.shape[-1]
-    logits = cache.keys + bias.T.unsqueeze(0)  # (B, L, Hk)
-    top = cache.out_max if logits.shape[1] == 0 else torch.maximum(logits.amax(dim=1), cache.out_max)
-    weights = torch.exp(logits - top.unsqueeze(1))
-    outside = torch.exp(cache.out_max - top)
-    den = weights.sum(dim=1) + cache.out_den * outside
-    num = (weights.repeat_interleave(group, -1) * cache.values).sum(dim=1)
-    num = num + cache.out_num * outside.repeat_interleave(group, -1)
-    return num / den.repeat_interleave(group, -1)
 
 
 def _position_bias(seq_len: int, bias_dim: int | None) -> FactorizedPositionBias | DensePositionBias:
@@ -147,9 +88,15 @@ class AFTFull(AFTLayer):
     """
 
     def __init__(
-        self, dim: int, seq_len: int, bias_dim: int | None = 128, causal: bool = False, use_query: bool = True
+        self,
+        dim: int,
+        seq_len: int,
+        bias_dim: int | None = 128,
+        causal: bool = False,
+        use_query: bool = True,
+        backend: ops.Backend = "auto",
     ) -> None:
-        super().__init__(dim, dim, causal, use_query)
+        super().__init__(dim, dim, causal, use_query, backend)
         self.seq_len = seq_len
         self.position_bias = _position_bias(seq_len, bias_dim)
 
@@ -157,7 +104,7 @@ class AFTFull(AFTLayer):
         """``(B, T, D) -> (B, T, D)``."""
         _check_length(x.shape[1], self.seq_len)
         q, k, v = self._qkv(x)
-        return self.proj(AF.aft_full(q, k, v, self.position_bias.matrix(x.shape[1]), self.causal))
+        return self.proj(ops.aft_full(q, k, v, self.position_bias.matrix(x.shape[1]), self.causal, self.backend))
 
     def decode_bias(self, t: int, length: int) -> Tensor:
         _check_length(t + 1, self.seq_len)
@@ -182,10 +129,11 @@ class AFTLocal(AFTLayer):
         bias_dim: int | None = 64,
         causal: bool = False,
         use_query: bool = True,
+        backend: ops.Backend = "auto",
     ) -> None:
         if not 0 <= window <= seq_len:
             raise ValueError(f"window={window} must be in [0, seq_len={seq_len}]: set model.mixer.window <= model.seq_len")
-        super().__init__(dim, dim, causal, use_query)
+        super().__init__(dim, dim, causal, use_query, backend)
         self.seq_len, self.window = seq_len, window
         self.position_bias = _position_bias(seq_len, bias_dim)
 
@@ -198,7 +146,7 @@ class AFTLocal(AFTLayer):
         """``(B, T, D) -> (B, T, D)``."""
         _check_length(x.shape[1], self.seq_len)
         q, k, v = self._qkv(x)
-        return self.proj(AF.aft_local(q, k, v, self._bias(x.shape[1]), self.window, self.causal))
+        return self.proj(ops.aft_local(q, k, v, self._bias(x.shape[1]), self.window, self.causal, self.backend))
 
     def decode_bias(self, t: int, length: int) -> Tensor:
         _check_length(t + 1, self.seq_len)
@@ -214,13 +162,13 @@ class AFTSimple(AFTLayer):
 
     window = 0
 
-    def __init__(self, dim: int, causal: bool = False, use_query: bool = True) -> None:
-        super().__init__(dim, dim, causal, use_query)
+    def __init__(self, dim: int, causal: bool = False, use_query: bool = True, backend: ops.Backend = "auto") -> None:
+        super().__init__(dim, dim, causal, use_query, backend)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, T, D) -> (B, T, D)``."""
         q, k, v = self._qkv(x)
-        return self.proj(AF.aft_simple(q, k, v, self.causal))
+        return self.proj(ops.aft_simple(q, k, v, self.causal, self.backend))
 
     def decode_bias(self, t: int, length: int) -> Tensor:
         return torch.zeros(1, length, device=self.to_k.weight.device)
@@ -234,6 +182,7 @@ class _AFTConv(AFTLayer):
         kernel_size: ``S`` (odd unless causal 1-d). reparam: Eq. 8 (default) or the naive
         parameterization (Table 10). global_connectivity: ``False`` is the §5.3 ablation
         (``-inf`` outside the kernel). use_query: Table 12. gumbel_tau: Eq. 10 (§8: 0.5).
+        backend: see :class:`AFTLayer`.
     """
 
     def __init__(
@@ -247,12 +196,13 @@ class _AFTConv(AFTLayer):
         global_connectivity: bool,
         use_query: bool,
         gumbel_tau: float | None,
+        backend: ops.Backend,
     ) -> None:
         if dim % heads:
             raise ValueError(f"heads={heads} must divide dim={dim}: set model.mixer.heads to a divisor of model.dim")
         if kernel_size < 1 or (kernel_size % 2 == 0 and not (causal and ndim == 1)):
             raise ValueError(f"kernel_size={kernel_size} must be odd and >= 1: set model.mixer.kernel_size")
-        super().__init__(dim, heads, causal, use_query)
+        super().__init__(dim, heads, causal, use_query, backend)
         self.heads, self.kernel_size = heads, kernel_size
         self.global_connectivity = global_connectivity
         self.position_bias = ConvPositionBias(heads, (kernel_size,) * ndim, reparam, gumbel_tau)
@@ -271,15 +221,16 @@ class AFTConv1d(_AFTConv):
         global_connectivity: bool = True,
         use_query: bool = True,
         gumbel_tau: float | None = None,
+        backend: ops.Backend = "auto",
     ) -> None:
-        super().__init__(dim, heads, kernel_size, 1, causal, reparam, global_connectivity, use_query, gumbel_tau)
+        super().__init__(dim, heads, kernel_size, 1, causal, reparam, global_connectivity, use_query, gumbel_tau, backend)
         self.window = kernel_size
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, T, D) -> (B, T, D)``."""
         q, k, v = self._qkv(x)
         w = self.position_bias()
-        return self.proj(AF.aft_conv1d(q, k, v, w, self.causal, self.global_connectivity))
+        return self.proj(ops.aft_conv1d(q, k, v, w, self.causal, self.global_connectivity, self.backend))
 
     def decode_bias(self, t: int, length: int) -> Tensor:
         if not self.global_connectivity:
@@ -299,11 +250,12 @@ class AFTConv2d(_AFTConv):
         global_connectivity: bool = True,
         use_query: bool = True,
         gumbel_tau: float | None = None,
+        backend: ops.Backend = "auto",
     ) -> None:
-        super().__init__(dim, heads, kernel_size, 2, False, reparam, global_connectivity, use_query, gumbel_tau)
+        super().__init__(dim, heads, kernel_size, 2, False, reparam, global_connectivity, use_query, gumbel_tau, backend)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, Y, X, D) -> (B, Y, X, D)``."""
         q, k, v = self._qkv(x)
         w = self.position_bias()
-        return self.proj(AF.aft_conv2d(q, k, v, w, self.global_connectivity))
+        return self.proj(ops.aft_conv2d(q, k, v, w, self.global_connectivity, self.backend))

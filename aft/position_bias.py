@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aft.functional import position_bias_entropy
-
 # §5.1: "u, v initialized with N(0, 10^-2)"; we read 10^-2 as the standard deviation.
 INIT_STD = 1e-2
 
@@ -93,7 +91,7 @@ class ConvPositionBias(nn.Module):
         return (self.gain[:, None] * normed + self.shift[:, None]).view_as(self.weight)
 
     def forward(self) -> Tensor:
-        """``(H, *kernel_shape)`` biases to pass to :func:`aft.functional.aft_conv1d`/``2d``."""
+        """``(H, *kernel_shape)`` biases to pass to :func:`aft.ops.aft_conv1d`/``2d``."""
         w = self.kernel()
         if self.gumbel_tau is None:
             return w
@@ -107,6 +105,20 @@ class ConvPositionBias(nn.Module):
     def entropy(self) -> Tensor:
         """Eq. 9: ``sum_h entropy(softmax(w_h))`` of the effective kernel."""
         return position_bias_entropy(self.kernel())
+
+
+def position_bias_entropy(w: Tensor) -> Tensor:
+    """Sparsity regularizer of Eq. 9: ``sum_h entropy(softmax(w[h]))``.
+
+    Args:
+        w: ``(H, ...)`` position biases; the softmax runs over all entries of a head.
+
+    Returns:
+        A scalar.
+    """
+    logits = w.reshape(w.shape[0], -1).float()
+    log_p = torch.log_softmax(logits, dim=-1)
+    return -(log_p.exp() * log_p).sum()
 
 
 def sparsity_regularizer(model: nn.Module) -> Tensor:

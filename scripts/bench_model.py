@@ -6,10 +6,11 @@ Two shapes, each L=24, d=256 as in the paper's best rows, at a reduced batch:
 * ``enwik8``:  T=1024 (Table 4): AFT-local-32 (d'=256), AFT-simple, Transformer h=4;
 
 plus, where the Triton kernels run, AFT-local with its band as tile products
-(``aft.kernels.band_products``), and, when the ``aft-pytorch`` package is installed, its
+(``aft.ops.use(band_products=True)``), and, when the ``aft-pytorch`` package is installed, its
 layers in the same decoder (it has no causal mode, so those rows are bidirectional:
 speed/memory only). Each model runs
-``AdamW`` training steps on random tokens, the models of one shape taking turns step by step
+``AdamW`` training steps on random tokens (with ``--compile-mode``, also ``torch.compile``d
+copies, Transformer included), the models of one shape taking turns step by step
 (``benchlib.alternating_medians``); the script reports iterations/s and memory
 (``torch.cuda.max_memory_allocated`` on a GPU, bytes saved for backward on the CPU) and the
 ratios to the Transformer next to the paper's (Tables 2 and 4, 8 x V100). A T sweep then
@@ -17,6 +18,7 @@ shows how each mixer's memory grows from T=1024 to 16384 (one block, batch 1).
 
     python scripts/bench_model.py --device cuda --out results/bench/model_cuda.json
     python scripts/bench_model.py --device cpu --batch 1 --repeats 3 --out results/bench/model_cpu.json
+    python scripts/bench_model.py --device cuda --compile-mode reduce-overhead --sweep --out results/bench/model_compiled_cuda.json
 
 A benchmark, not a test: numbers depend on the machine; compare ratios within one run.
 """
@@ -36,7 +38,7 @@ from torch import nn
 
 from benchlib import add_common_arguments, alternating_medians, attempt, median_seconds, write_record
 
-from aft import kernels
+from aft import kernels, ops
 from aft.baselines import MultiHeadAttention
 from aft.layers import AFTLocal, AFTSimple
 from aft.memory import saved_bytes
@@ -68,14 +70,14 @@ class _AftPytorch(nn.Module):
 
 
 class _BandProducts(nn.Module):
-    """A mixer run inside ``aft.kernels.band_products(True)``: AFT-local's band as tile products."""
+    """A mixer run inside ``aft.ops.use(band_products=True)``: AFT-local's band as tile products."""
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         self.layer = layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with kernels.band_products(True):
+        with ops.use(band_products=True):
             return self.layer(x)
 
 
@@ -88,7 +90,7 @@ def mixers(shape: dict, seq_len: int, device: torch.device | None = None) -> dic
         "aft_local": local,
         "aft_simple": partial(AFTSimple, causal=True),
     }
-    if device is not None and kernels.supports(torch.empty(0, device=device)):
+    if device is not None and kernels.refusal(torch.empty(0, device=device)) is None:
         found["aft_local (tile products)"] = lambda dim: _BandProducts(local(dim=dim))
     if importlib.util.find_spec("aft_pytorch") is not None:
         import aft_pytorch
@@ -186,19 +188,31 @@ def _alone(case: Case, device: torch.device, measure: Callable[[nn.Module, torch
         _release(device)
 
 
-def _speeds(group: list[Case], repeats: int, device: torch.device) -> list[dict]:
-    """Eager iters/s of every case of ``group``, their training steps taking turns (all models
+def _compiled_step(case: Case, device: torch.device, mode: str) -> Callable[[], None]:
+    """A training step of ``torch.compile(model, mode=mode)``, run once (which compiles it)."""
+    model, tokens = _build(case, device)
+    return eager_step(torch.compile(model, mode=mode), tokens)
+
+
+def _speeds(group: list[Case], repeats: int, device: torch.device, compile_mode: str | None = None) -> list[dict]:
+    """Eager iters/s of every case of ``group`` and, with ``compile_mode``, compiled iters/s
+    (``torch.compile(model, mode=compile_mode)``), all training steps taking turns (all models
     in memory at once), so that a shared machine's changing load does not bias the ratios."""
     steps, results = {}, []
     for i, case in enumerate(group):
         built = attempt(lambda case=case: {"step": eager_step(*_build(case, device))})
         if "step" in built:
-            steps[i] = built.pop("step")
+            steps[i, "iters_per_sec"] = built.pop("step")
+        if compile_mode is not None:
+            compiled = attempt(lambda case=case: {"step": _compiled_step(case, device, compile_mode)})
+            if "step" in compiled:
+                steps[i, "compiled_iters_per_sec"] = compiled.pop("step")
+            else:
+                built["compiled_skipped"] = compiled["skipped"]
         results.append(built)
     timed = attempt(lambda: {"seconds": alternating_medians(steps, repeats, device)})
-    for i, result in enumerate(results):
-        if i in steps:
-            result.update({"iters_per_sec": 1.0 / timed["seconds"][i]} if "seconds" in timed else timed)
+    for (i, key) in steps:
+        results[i].update({key: 1.0 / timed["seconds"][i, key]} if "seconds" in timed else timed)
     steps.clear()
     _release(device)
     return results
@@ -244,7 +258,7 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     for members in groups.values():
         group = [measured[i] for i in members]
         memories = [_alone(case, device, partial(measure_memory, device=device)) for case in group]
-        for i, memory, speed in zip(members, memories, _speeds(group, args.repeats, device), strict=True):
+        for i, memory, speed in zip(members, memories, _speeds(group, args.repeats, device, args.compile_mode), strict=True):
             rows[i].update(memory)
             rows[i].update(speed)
             print(json.dumps(rows[i]), flush=True)
@@ -274,6 +288,8 @@ def summarize(rows: list[dict]) -> str:
             graphed = ""
             if "graph_iters_per_sec" in row and "graph_iters_per_sec" in ref:
                 graphed = f" (CUDA graph x{row['graph_iters_per_sec'] / ref['graph_iters_per_sec']:.2f})"
+            if "compiled_iters_per_sec" in row and "compiled_iters_per_sec" in ref:
+                graphed += f" (compiled x{row['compiled_iters_per_sec'] / ref['compiled_iters_per_sec']:.2f})"
             lines.append(
                 f"  {shape_name:<8} {name:<36} speed x{row['iters_per_sec'] / ref['iters_per_sec']:.2f}{graphed}, "
                 f"memory x{row['memory_bytes'] / ref['memory_bytes']:.2f}{paper_text}"
@@ -293,6 +309,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4, help="sequences per step (the paper used 32/128 over 8 GPUs)")
     parser.add_argument("--sweep", type=int, nargs="*", default=[1024, 4096, 16384])
+    parser.add_argument("--compile-mode", default=None, help="also time torch.compile(model, mode=...) steps beside the "
+                        "eager ones: default, reduce-overhead (CUDA graphs) or max-autotune")
     add_common_arguments(parser, repeats=5)
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -6,8 +6,8 @@ once), plus ``torch.cuda.max_memory_allocated`` on a GPU. The sequence operators
 and compared with causal attention; where T is a square, AFT-conv2d (7 x 7 kernel, 8 heads)
 on a sqrt(T) x sqrt(T) grid is compared with bidirectional attention (``*_bidirectional``).
 The AFT operators appear twice where the Triton kernels run (CUDA): ``name[triton]`` and
-``name[torch]`` (the PyTorch path, forced with ``aft.kernels.enabled(False)``); AFT-local a
-third time, ``name[triton products]`` (its band as tile products, ``aft.kernels.band_products``).
+``name[torch]`` (the PyTorch path, forced with ``aft.ops.use(backend="torch")``); AFT-local a
+third time, ``name[triton products]`` (its band as tile products, ``aft.ops.use(band_products=True)``).
 It prints a table, the ratios to SDPA attention and the growth from the smallest to the largest T.
 
 On CUDA it also measures device-to-device copy bandwidth (bytes read + written) and, for
@@ -36,8 +36,7 @@ import torch.nn.functional as F
 
 from benchlib import add_common_arguments, median_seconds, write_record
 
-from aft import functional
-from aft import kernels
+from aft import functional, kernels, ops
 from aft.memory import saved_bytes
 
 Op = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -96,22 +95,22 @@ def op_inputs(B: int, T: int, D: int, key_channels: int, device: torch.device) -
     return tuple(torch.randn(s, generator=g).to(device).requires_grad_() for s in shapes)
 
 
-def with_kernel_variants(ops: dict[str, tuple[Op, int]], device: torch.device) -> dict[str, tuple[Op, int]]:
+def with_kernel_variants(found: dict[str, tuple[Op, int]], device: torch.device) -> dict[str, tuple[Op, int]]:
     """``name[triton]`` and ``name[torch]`` for each op where the kernels run on ``device``,
     and ``name[triton products]`` for AFT-local (its band as tile products)."""
-    if not kernels.supports(torch.empty(0, device=device)):
-        return ops
+    if kernels.refusal(torch.empty(0, device=device)) is not None:
+        return found
     out: dict[str, tuple[Op, int]] = {}
-    for name, (fn, channels) in ops.items():
+    for name, (fn, channels) in found.items():
         out[f"{name}[triton]"] = (fn, channels)
         if name.startswith("aft_local"):
-            out[f"{name}[triton products]"] = (within(lambda: kernels.band_products(True), fn), channels)
-        out[f"{name}[torch]"] = (within(lambda: kernels.enabled(False), fn), channels)
+            out[f"{name}[triton products]"] = (within(lambda: ops.use(band_products=True), fn), channels)
+        out[f"{name}[torch]"] = (within(lambda: ops.use(backend="torch"), fn), channels)
     return out
 
 
 def within(setting: Callable[[], contextlib.AbstractContextManager], fn: Op) -> Op:
-    """``fn`` run inside a kernel setting of :mod:`aft.kernels`, entered afresh on each call."""
+    """``fn`` run inside a setting of :func:`aft.ops.use`, entered afresh on each call."""
 
     def run(*inputs: torch.Tensor) -> torch.Tensor:
         with setting():

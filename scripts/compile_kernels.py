@@ -128,8 +128,7 @@ def operators(dtype: torch.dtype) -> dict[str, dict[str, Callable[[], torch.Tens
     T, D, heads = 64, 64, 8
 
     def banded_blocks(v: torch.Tensor, band: banded.Band, products: bool = False, **changes: object) -> banded.Blocks:
-        with kernels.band_products(products):
-            return replace(banded.default_blocks(_cuda_like(v), band), **changes)
+        return replace(banded.default_blocks(_cuda_like(v), band, products), **changes)
 
     def simple(causal: bool) -> torch.Tensor:
         q, k, v = _inputs((1, T, D), D, dtype)
@@ -158,7 +157,7 @@ def operators(dtype: torch.dtype) -> dict[str, dict[str, Callable[[], torch.Tens
     return {
         "aft_simple": sequence(simple),
         "aft_local": sequence(local),
-        "aft_local_products": sequence(local, products=True),  # inside kernels.band_products(True): 8 warps
+        "aft_local_products": sequence(local, products=True),  # default_blocks(..., band_products=True): 8 warps
         "aft_local_products_4_warps": sequence(local, products=True, warps=4),
         "aft_conv1d": sequence(conv1d),
         "aft_conv2d": {"global": lambda: conv2d_op(True), "kernel only": lambda: conv2d_op(False)},

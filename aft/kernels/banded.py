@@ -53,11 +53,10 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from aft import kernels
 from aft.kernels import online
 from aft.kernels.online import NEG
+from aft.ops.library import connect
 
 # ------------------------------------------------------------------------------ kernels
 
@@ -527,16 +526,17 @@ class _Launch:
     precision: str  # of tl.dot, fixed at the forward pass (:func:`_dot_precision`)
 
 
-def default_blocks(v: Tensor, band: Band) -> Blocks:
+def default_blocks(v: Tensor, band: Band, band_products: bool = False) -> Blocks:
     """Small tiles on the CPU (interpreter); on CUDA 32 x 32, chunked to fill the device.
-    Tile products (at 8 warps) for a band over positions inside :func:`aft.kernels.band_products`.
+    Tile products (at 8 warps) for a band over positions if ``band_products``
+    (``aft.ops.use(band_products=True)``).
 
     On an H100 (B=4, T=16384, D in 256, 1024, causal) 32 x 32 tiles in chunks of about
     two programs per multiprocessor beat 16- and 64-wide channel blocks, 16- and 64-row
     tiles and unchunked sweeps (about 2x slower), forward and backward (term by term).
     """
     size = 32 if v.device.type == "cuda" else 16
-    if kernels.band_products_default() and band.width > 0 and not band.per_head:
+    if band_products and band.width > 0 and not band.per_head:
         return Blocks(t=size, d=size, warps=8, products=True)  # 4 warps spill registers (compile_kernels.py)
     return Blocks(t=size, d=size)
 
@@ -680,33 +680,46 @@ def _backward(
     return (None if q is None else dq), dk, dv, dbias.to(bias.dtype)
 
 
-class _BandedAFT(torch.autograd.Function):
-    """Saves ``q, k, v`` (contiguous), the band, ``out`` and float32 ``lse``, all ``O(T D)``."""
+@torch.library.custom_op("aft::triton_banded", mutates_args=())
+def _banded_op(
+    q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, window: int, causal: bool, global_connectivity: bool,
+    per_head: bool, tile_t: int, tile_d: int, chunks: int | None, warps: int, products: bool, store_lse: bool,
+    bias_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(out, lse)`` of the forward kernels; ``lse`` ``(B, T, D)`` float32 if ``store_lse``
+    (for the backward), else a 1-element placeholder. ``bias_grad`` is for the backward."""
+    band = Band(window, causal, global_connectivity, per_head)
+    launch = _launch(v, Blocks(tile_t, tile_d, chunks, warps, products))
+    with _device(v):
+        return _forward(q, k, v, bias, band, launch, store_lse)
 
-    @staticmethod
-    def forward(ctx, q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, band: Band, blocks: Blocks) -> Tensor:
-        q = None if q is None else q.contiguous()
-        k, v, bias = k.contiguous(), v.contiguous(), bias.contiguous()
-        launch = _launch(v, blocks)
-        with _device(v):
-            out, lse = _forward(q, k, v, bias, band, launch, store_lse=any(ctx.needs_input_grad[:4]))
-        ctx.save_for_backward(q, k, v, bias, out, lse)
-        ctx.band, ctx.launch = band, launch
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, bias, out, lse = ctx.saved_tensors
-        with _device(v):
-            dq, dk, dv, dbias = _backward(
-                q, k, v, bias, out, lse, dout.contiguous(), ctx.band, ctx.launch, ctx.needs_input_grad[3]
-            )
-        return dq, dk, dv, dbias, None, None
+@_banded_op.register_fake
+def _(q, k, v, bias, window, causal, global_connectivity, per_head, tile_t, tile_d, chunks, warps, products, store_lse, bias_grad):
+    lse = v.new_empty(v.shape, dtype=torch.float32) if store_lse else v.new_empty(1, dtype=torch.float32)
+    return torch.empty_like(v), lse
+
+
+@torch.library.custom_op("aft::triton_banded_backward", mutates_args=())
+def _banded_backward_op(
+    dout: Tensor, q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, out: Tensor, lse: Tensor, window: int,
+    causal: bool, global_connectivity: bool, per_head: bool, tile_t: int, tile_d: int, chunks: int | None,
+    warps: int, products: bool, store_lse: bool, bias_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv, dbias)``: ``dq`` empty without ``q``, ``dbias`` zeros unless ``bias_grad``."""
+    band = Band(window, causal, global_connectivity, per_head)
+    launch = _launch(v, Blocks(tile_t, tile_d, chunks, warps, products))
+    with _device(v):
+        dq, dk, dv, dbias = _backward(q, k, v, bias, out, lse, dout, band, launch, bias_grad)
+    return (dout.new_empty(0) if dq is None else dq), dk, dv, (torch.zeros_like(bias) if dbias is None else dbias)
+
+
+connect(_banded_op, _banded_backward_op, tensors=4)
 
 
 def banded_aft(
-    q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, band: Band, blocks: Blocks | None = None
+    q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, band: Band, blocks: Blocks | None = None,
+    band_products: bool = False,
 ) -> Tensor:
     """``sigmoid(q) * avg`` (Eq. 2) with a banded bias, see the module docstring.
 
@@ -716,11 +729,18 @@ def banded_aft(
         bias: ``(T, band.width)`` or, ``band.per_head``, ``(Hk, band.width)``; its entries
             whose key ``t - o`` lies outside ``[0, T)`` are ignored.
         band: the bias pattern.
-        blocks: launch shape; default :func:`default_blocks`.
+        blocks: launch shape; default :func:`default_blocks` (with ``band_products``).
 
     Returns:
         ``(B, T, D)`` in ``v``'s dtype.
     """
-    blocks = blocks or default_blocks(v, band)
+    blocks = blocks or default_blocks(v, band, band_products)
     _check_blocks(blocks, band)
-    return _BandedAFT.apply(q, k, v, bias, band, blocks)
+    q = None if q is None else q.contiguous()
+    k, v, bias = k.contiguous(), v.contiguous(), bias.contiguous()
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
+    out, _ = _banded_op(
+        q, k, v, bias, band.window, band.causal, band.global_connectivity, band.per_head,
+        blocks.t, blocks.d, blocks.chunks, blocks.warps, blocks.products, grad, grad and bias.requires_grad,
+    )
+    return out

@@ -45,7 +45,6 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from aft.kernels import online
 from aft.kernels import MAX_GRID_COLUMNS
@@ -62,6 +61,7 @@ from aft.kernels.banded import (
     _unused,
 )
 from aft.kernels.online import NEG
+from aft.ops.library import connect
 
 # ------------------------------------------------------------------------------ kernels
 
@@ -254,7 +254,7 @@ def _launch(v: Tensor, w: Tensor, global_connectivity: bool, blocks: Blocks) -> 
     if X > MAX_GRID_COLUMNS:
         raise ValueError(
             f"the AFT-conv2d kernel holds a grid row in one tile: X={X} > {MAX_GRID_COLUMNS} columns "
-            "(aft.functional.aft_conv2d takes the PyTorch path for such grids)"
+            "(aft.ops.aft_conv2d takes the PyTorch path for such grids)"
         )
     grid = (B * triton.cdiv(D, blocks.d), Y)
     return _Launch(blocks, triton.next_power_of_2(X), w.shape[-1] // 2, global_connectivity, grid)
@@ -324,28 +324,37 @@ def _backward(
     return (None if q is None else dq), dk, dv, dw
 
 
-class _Conv2dAFT(torch.autograd.Function):
-    """Saves ``q, k, v, w`` (contiguous), ``out`` and float32 ``lse``: ``O(Y X D)``."""
+@torch.library.custom_op("aft::triton_conv2d", mutates_args=())
+def _conv2d_op(
+    q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, global_connectivity: bool, tile_d: int, warps: int,
+    store_lse: bool, w_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(out, lse)`` of the forward kernels; ``lse`` ``(B, Y, X, D)`` float32 if ``store_lse``,
+    else a 1-element placeholder. ``w_grad`` is for the backward."""
+    launch = _launch(v, w, global_connectivity, Blocks(d=tile_d, warps=warps))
+    with _device(v):
+        return _forward(q, k, v, w, launch, store_lse)
 
-    @staticmethod
-    def forward(ctx, q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, global_connectivity: bool,
-                blocks: Blocks) -> Tensor:
-        q = None if q is None else q.contiguous()
-        k, v, w = k.contiguous(), v.contiguous(), w.contiguous()
-        launch = _launch(v, w, global_connectivity, blocks)
-        with _device(v):
-            out, lse = _forward(q, k, v, w, launch, store_lse=any(ctx.needs_input_grad[:4]))
-        ctx.save_for_backward(q, k, v, w, out, lse)
-        ctx.launch = launch
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, w, out, lse = ctx.saved_tensors
-        with _device(v):
-            dq, dk, dv, dw = _backward(q, k, v, w, out, lse, dout.contiguous(), ctx.launch, ctx.needs_input_grad[3])
-        return dq, dk, dv, dw, None, None
+@_conv2d_op.register_fake
+def _(q, k, v, w, global_connectivity, tile_d, warps, store_lse, w_grad):
+    lse = v.new_empty(v.shape, dtype=torch.float32) if store_lse else v.new_empty(1, dtype=torch.float32)
+    return torch.empty_like(v), lse
+
+
+@torch.library.custom_op("aft::triton_conv2d_backward", mutates_args=())
+def _conv2d_backward_op(
+    dout: Tensor, q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, out: Tensor, lse: Tensor,
+    global_connectivity: bool, tile_d: int, warps: int, store_lse: bool, w_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv, dw)``: ``dq`` empty without ``q``, ``dw`` zeros unless ``w_grad``."""
+    launch = _launch(v, w, global_connectivity, Blocks(d=tile_d, warps=warps))
+    with _device(v):
+        dq, dk, dv, dw = _backward(q, k, v, w, out, lse, dout, launch, w_grad)
+    return (dout.new_empty(0) if dq is None else dq), dk, dv, (torch.zeros_like(w) if dw is None else dw)
+
+
+connect(_conv2d_op, _conv2d_backward_op, tensors=4)
 
 
 def aft_conv2d(
@@ -356,7 +365,7 @@ def aft_conv2d(
     global_connectivity: bool = True,
     blocks: Blocks | None = None,
 ) -> Tensor:
-    """AFT-conv2d, Eq. 6 (non-causal); arguments as :func:`aft.functional.aft_conv2d`.
+    """AFT-conv2d, Eq. 6 (non-causal); arguments as :func:`aft.ops.aft_conv2d`.
 
     Args:
         q, v: ``(B, Y, X, D)``; ``q=None`` drops the query gate.
@@ -371,4 +380,9 @@ def aft_conv2d(
     Returns:
         ``(B, Y, X, D)`` in ``v``'s dtype.
     """
-    return _Conv2dAFT.apply(q, k, v, w, global_connectivity, blocks or default_blocks(v))
+    blocks = blocks or default_blocks(v)
+    q = None if q is None else q.contiguous()
+    k, v, w = k.contiguous(), v.contiguous(), w.contiguous()
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, w))
+    out, _ = _conv2d_op(q, k, v, w, global_connectivity, blocks.d, blocks.warps, grad, grad and w.requires_grad)
+    return out

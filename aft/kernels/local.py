@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from aft.functional import FactorizedBias, upcast
+from aft.ops.casting import FactorizedBias, autocast_off, upcast
 from aft.kernels.banded import Band, Blocks, banded_aft
 
 _ROW_BLOCK = 64  # rows per block of the factorized band product
@@ -27,6 +27,7 @@ def aft_local(
     window: int,
     causal: bool = False,
     blocks: Blocks | None = None,
+    band_products: bool = False,
 ) -> Tensor:
     """AFT-local, Eq. 4.
 
@@ -36,18 +37,19 @@ def aft_local(
         window: the local window size ``s >= 1``.
         causal: restrict the sums to ``t' <= t``.
         blocks: launch shape (:class:`aft.kernels.banded.Blocks`).
+        band_products: by default, sum the band as tile products (see :func:`default_blocks`).
 
     Returns:
         ``(B, T, D)`` in ``v``'s dtype.
     """
     T = k.shape[1]
     band = Band(window=min(window, T), causal=causal)
-    with torch.autocast(k.device.type, enabled=False):
+    with autocast_off(k.device):
         if isinstance(w, (tuple, list)):
             bias = band_from_factors(upcast(w[0]), upcast(w[1]), band)
         else:
             bias = band_from_dense(upcast(w), band)
-    return banded_aft(q, k, v, bias, band, blocks)
+    return banded_aft(q, k, v, bias, band, blocks, band_products)
 
 
 def band_from_factors(u: Tensor, f: Tensor, band: Band) -> Tensor:

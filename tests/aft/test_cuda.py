@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 from aft import functional as AF
-from tests.aft.reference import conv1d_bias, conv2d_bias, local_bias, reference_aft
+from aft.ops.naive import aft_dense, conv1d_bias, conv2d_bias, local_bias
+
+reference_aft = partial(aft_dense, dtype=torch.float64)  # Eq. 2 by the naive reference, in float64
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

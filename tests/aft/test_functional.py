@@ -1,7 +1,8 @@
-"""aft.functional against the dense float64 reference of tests/aft/reference.py."""
+"""aft.functional against the naive reference aft.ops.naive in float64."""
 
 from __future__ import annotations
 
+from functools import partial
 import math
 
 import pytest
@@ -9,7 +10,10 @@ import torch
 
 from aft import functional as AF
 from aft.memory import saved_bytes, saved_storages
-from tests.aft.reference import conv1d_bias, conv2d_bias, local_bias, reference_aft
+from aft.ops import exact, prefix
+from aft.ops.naive import aft_dense, conv1d_bias, conv2d_bias, local_bias
+
+reference_aft = partial(aft_dense, dtype=torch.float64)  # Eq. 2 by the naive reference, in float64
 
 B, T, D = 2, 37, 8
 
@@ -131,7 +135,7 @@ def test_conv2d_gradients_match_float64(
     heads: int, kernel: int, global_connectivity: bool, scale: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """float32 gradients of AFT-conv2d (its own backward) against float64, on the fast path."""
-    monkeypatch.setattr(AF, "_exact_rows", lambda *args: pytest.fail("took the exact fallback"))
+    monkeypatch.setattr(exact, "average", lambda *args: pytest.fail("took the exact fallback"))
     Y, X = 5, 6
     g = torch.Generator().manual_seed(2)
     q, v = torch.randn(B, Y, X, D, generator=g), torch.randn(B, Y, X, D, generator=g)
@@ -154,7 +158,7 @@ def test_conv2d_saves_no_graph_of_its_convolutions() -> None:
     q, v = (torch.randn(1, Y, X, 64, requires_grad=True) for _ in range(2))
     k, w = torch.randn(1, Y, X, heads, requires_grad=True), torch.randn(heads, 7, 7, requires_grad=True)
     saved = saved_bytes(lambda: AF.aft_conv2d(q, k, v, w))
-    assert saved == 3 * q.nbytes + 2 * k.nbytes + w.nbytes  # v, avg, sigmoid(q); k, den; w
+    assert saved == 3 * q.nbytes + 2 * k.nbytes + w.nbytes + 1  # v, avg, sigmoid(q); k, den; w; the exact flag
 
 
 def test_conv2d_extreme_scale() -> None:
@@ -168,7 +172,7 @@ def test_conv2d_extreme_scale() -> None:
 def test_causal_growing_keys_use_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keys that grow along the sequence (early ones e^-300 below later ones) stay exact
     without the O(T^2) fallback: the float64 scans hold 500 nats below a channel's largest key."""
-    monkeypatch.setattr(AF, "_exact_rows", lambda *a: pytest.fail("fell back to the exact path"))
+    monkeypatch.setattr(exact, "average", lambda *a: pytest.fail("fell back to the exact path"))
     n = 1024
     k = torch.linspace(0, 300, n).view(1, n, 1).repeat(1, 1, 4) + torch.randn(1, n, 4)
     v = torch.randn(1, n, 4)
@@ -184,8 +188,8 @@ def test_keys_spread_beyond_the_float64_range_take_the_exact_path(variant: str, 
     """Early keys 1000 nats below later ones are past what the float64 scans hold: the call is
     recomputed by the exact path, values and gradients right."""
     calls = []
-    exact_rows = AF._exact_rows
-    monkeypatch.setattr(AF, "_exact_rows", lambda *a: calls.append(1) or exact_rows(*a))
+    average = exact.average
+    monkeypatch.setattr(exact, "average", lambda *a: calls.append(1) or average(*a))
     n = 48
     k = (torch.linspace(0, 1000, n).view(1, n, 1) + torch.randn(1, n, 4)).requires_grad_()
     v = torch.randn(1, n, 4, requires_grad=True)
@@ -215,7 +219,7 @@ def test_outside_window_sums_match_brute_force(causal: bool, window: int, dim: i
         want = torch.einsum("tu,buf->btf", keep.double(), x)
     else:
         want = torch.einsum("tu,bfu->bft", keep.double(), x)
-    torch.testing.assert_close(AF._outside_window_sums(x, window, causal, dim), want)
+    torch.testing.assert_close(prefix.outside_window_sums(x, window, causal, dim), want)
 
 
 def _leaks(fn, k_channels: int) -> None:
@@ -313,7 +317,7 @@ def test_causal_simple_saves_only_its_inputs_output_and_normalizer() -> None:
     q, k, v = (torch.randn(1, 256, 16, requires_grad=True) for _ in range(3))
     out = AF.aft_simple(q, k, v, causal=True)
     assert out.grad_fn is not None
-    assert saved_bytes(lambda: AF.aft_simple(q, k, v, causal=True)) <= 5 * q.numel() * q.element_size()
+    assert saved_bytes(lambda: AF.aft_simple(q, k, v, causal=True)) <= 5 * q.numel() * q.element_size() + 1  # + the exact flag
 
 
 @pytest.mark.parametrize("scale", [1.0, 100.0])
@@ -363,7 +367,7 @@ def test_banded_gradients_match_float64(variant: str, causal: bool, scale: float
 
     Keys and biases of scale 10 span exp(+-30) and still take the fast path (larger ones
     go to the exact fallback, tested above)."""
-    monkeypatch.setattr(AF, "_exact_rows", lambda *args: pytest.fail("took the exact fallback"))
+    monkeypatch.setattr(exact, "average", lambda *args: pytest.fail("took the exact fallback"))
     fn, dense_bias, inputs = _banded_case(variant, causal, scale)
     inputs = [t.requires_grad_() for t in inputs]
     grad = torch.randn(B, T, D, generator=torch.Generator().manual_seed(3))

@@ -3,13 +3,14 @@
 On the CPU the kernels need Triton's interpreter, which must be switched on before Triton is
 imported: :func:`test_interpreted_kernels` runs this file in a subprocess with
 ``TRITON_INTERPRET=1`` at tiny sizes with small blocks (several tiles, channel blocks and
-chunks), comparing with the dense reference of tests/aft/reference.py. With a CUDA device
+chunks), comparing with the naive reference aft.ops.naive (float64). With a CUDA device
 the kernels run compiled at real sizes against the float64 PyTorch path of aft.functional
 (itself checked against the dense reference in test_functional.py).
 """
 
 from __future__ import annotations
 
+from functools import partial
 import os
 import re
 import subprocess
@@ -22,9 +23,11 @@ import torch
 from torch import Tensor
 
 from aft import functional as AF
-from aft import kernels
+from aft import kernels, ops
 from aft.memory import saved_bytes
-from tests.aft.reference import conv1d_bias, local_bias, reference_aft
+from aft.ops.naive import aft_dense, conv1d_bias, local_bias
+
+reference_aft = partial(aft_dense, dtype=torch.float64)  # Eq. 2 by the naive reference, in float64
 
 INTERPRETED = kernels.interpreting()
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs under TRITON_INTERPRET=1 in test_interpreted_kernels")
@@ -189,7 +192,7 @@ def test_band_products_fall_back_per_pair_of_tiles(causal: bool) -> None:
 @interpreted
 def test_band_products_launch_shapes() -> None:
     """Tile products only for a band over positions, with tiles tl.dot can take; the default
-    launch shape uses them inside ``kernels.band_products(True)`` and only for AFT-local."""
+    launch shape uses them inside ``ops.use(band_products=True)`` and only for AFT-local."""
     from aft.kernels.banded import Band, default_blocks
 
     q, k, v = (_randn(B, T, D, seed=s).float() for s in (1, 2, 3))
@@ -198,10 +201,10 @@ def test_band_products_launch_shapes() -> None:
     with pytest.raises(ValueError, match="t and d >= 16"):
         kernels.aft_local(q, k, v, _randn(T, T, seed=4).float(), 4, True, _blocks(8, 8, products=True))
     assert not default_blocks(v, Band(4, True)).products
-    with kernels.band_products(True):
-        assert default_blocks(v, Band(4, True)).products
-        assert not default_blocks(v, Band(0, True)).products  # AFT-simple: no band
-        assert not default_blocks(v, Band(4, True, per_head=True)).products  # AFT-conv1d
+    assert default_blocks(v, Band(4, True), band_products=True).products
+    assert not default_blocks(v, Band(0, True), band_products=True).products  # AFT-simple: no band
+    assert not default_blocks(v, Band(4, True, per_head=True), band_products=True).products  # AFT-conv1d
+    with ops.use(band_products=True):
         u = _randn(T, 3, seed=4).float()
         out = AF.aft_local(q, k, v, (u, u), 4, causal=True)
     torch.testing.assert_close(out, AF.aft_local(q, k, v, (u, u), 4, causal=True), rtol=1e-5, atol=1e-6)
@@ -256,10 +259,10 @@ def test_functional_dispatches_to_kernels() -> None:
         lambda q, k, v: AF.aft_conv1d(q, k[..., :HEADS], v, w.to(v.dtype), causal=True),
     ):
         out = fn(*(x.requires_grad_() for x in (q, k, v)))
-        assert type(out.grad_fn).__name__ == "_BandedAFTBackward"
-        with kernels.enabled(False):
+        assert "aft_triton_banded" in type(out.grad_fn).__name__  # the kernel custom op
+        with ops.use(backend="torch"):
             torch.testing.assert_close(out, fn(q, k, v), rtol=1e-5, atol=1e-6)
-        assert type(fn(q.double(), k.double(), v.double()).grad_fn).__name__ != "_BandedAFTBackward"
+        assert "aft_triton" not in type(fn(q.double(), k.double(), v.double()).grad_fn).__name__
 
 
 @interpreted
@@ -333,7 +336,7 @@ def test_cuda_extreme_scales(variant: str, causal: bool) -> None:
 def test_cuda_band_products(variant: str, causal: bool, scale: float) -> None:
     """AFT-local's band as tile products, compiled, against the float64 PyTorch path."""
     n, d = (4096, 256) if scale == 1.0 else (1024, 64)
-    with kernels.band_products(True):
+    with ops.use(band_products=True):
         _check(_cuda_case(variant, causal, scale, n, d), 4e-6 * (1.0 + scale))
 
 
@@ -361,3 +364,30 @@ def test_cuda_autocast(dtype: torch.dtype) -> None:
     assert out.dtype == dtype
     ref = AF.aft_local(q.double(), k.double(), v.double(), (u.double(), u.double()), 32, causal=True)
     torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2)
+
+
+# --------------------------------------------------------------------------- custom ops
+
+
+@interpreted
+def test_kernel_ops_pass_opcheck() -> None:
+    """The kernel launches as custom ops: schema, fake implementation, autograd, AOT dispatch."""
+    from aft.kernels import banded, conv2d
+
+    q, k, v = (_randn(B, 8, 16, seed=s).float().requires_grad_() for s in (1, 2, 3))
+    bias = _randn(8, 7, seed=4).float().requires_grad_()
+    torch.library.opcheck(banded._banded_op, (q, k, v, bias, 4, False, True, False, 16, 16, None, 4, False, True, True))
+    k2, v2 = _randn(B, 2, 4, 4, seed=5).float().requires_grad_(), _randn(B, 2, 4, 16, seed=6).float().requires_grad_()
+    w2 = _randn(4, 3, 3, seed=7).float().requires_grad_()
+    torch.library.opcheck(conv2d._conv2d_op, (None, k2, v2, w2, True, 16, 4, True, True))
+
+
+@interpreted
+def test_kernel_path_compiles_whole() -> None:
+    """A causal AFT-local layer on the kernels under ``torch.compile(fullgraph=True)`` matches eager."""
+    from aft.layers import AFTLocal
+
+    layer = AFTLocal(16, 12, window=4, bias_dim=3, causal=True)
+    x = _randn(B, 12, 16, seed=1).float()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), layer(x))

@@ -64,14 +64,22 @@ def test_bench_ops_times_each_kernel_variant_where_the_kernels_run(tmp_path: Pat
 def test_bench_revision_times_both_versions_of_every_operator(tmp_path: Path) -> None:
     record = run_script(
         "bench_revision.py", tmp_path / "revision.json", "--rev", "HEAD", "--batch", "1", "--dim", "16",
-        "--heads", "2", "--bias-dim", "4", "--lengths", "36",
+        "--heads", "2", "--bias-dim", "4", "--lengths", "36", "--model-length", "32", "--image-size", "8",
+        "--depth", "1", "--repeats", "1",
     )
-    assert {row["op"] for row in record["rows"]} == {
+    ops = [row for row in record["rows"] if row["kind"] == "op"]
+    assert {row["op"] for row in ops} == {
         "aft_simple", "aft_local_w32", "aft_local_w256", "aft_conv1d_k32_h8", "aft_full", "aft_conv2d_k7_h8_bidirectional"
     }
+    assert {row["op"] for row in record["rows"] if row["kind"] == "model"} == {
+        "decoder_aft_local_w32", "decoder_aft_simple", "vit_aft_conv2d_k7"
+    }
     for row in record["rows"]:
-        assert set(row["seconds"]) == set(row["saved_bytes"]) == {"HEAD", "working tree"}
-        assert min(row["saved_bytes"].values()) > 0 and row["time_ratio"] > 0
+        assert set(row["seconds"]) == {"HEAD", "working tree", "working tree (rerun)"}
+        assert row["time_ratio"] > 0 and row["noise_ratio"] > 0
+    for row in ops:
+        assert set(row["saved_bytes"]) == {"HEAD", "working tree"} and min(row["saved_bytes"].values()) > 0
+    assert len(record["load_average_before"]) == 3
 
 
 def test_bench_revision_names_the_fix_for_an_unknown_revision(tmp_path: Path) -> None:
@@ -122,7 +130,7 @@ def test_bench_model_measures_every_mixer_of_a_shape(monkeypatch: pytest.MonkeyP
         return alternating_medians(runs, *args)
 
     monkeypatch.setattr(bench, "alternating_medians", counted)
-    rows = bench.run(argparse.Namespace(batch=1, repeats=1, sweep=[16, 32]), bench.torch.device("cpu"))
+    rows = bench.run(argparse.Namespace(batch=1, repeats=1, sweep=[16, 32], compile_mode=None), bench.torch.device("cpu"))
     measured = [row for row in rows if "skipped" not in row]
     assert {row["mixer"] for row in measured} >= {"transformer", "aft_local", "aft_simple"}
     assert all(row["memory_kind"] == "saved_for_backward" and row["memory_bytes"] > 0 for row in measured)
@@ -133,18 +141,18 @@ def test_bench_model_measures_every_mixer_of_a_shape(monkeypatch: pytest.MonkeyP
 
 
 def test_bench_model_adds_tile_products_where_the_kernels_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the kernels run, AFT-local also runs inside ``kernels.band_products(True)``."""
+    """Where the kernels run, AFT-local also runs inside ``aft.ops.use(band_products=True)``."""
     bench = load_script("bench_model.py")
     shape = {"seq_len": 16, "window": 4, "bias_dim": 4, "heads": 2}
     cpu = bench.torch.device("cpu")
     assert "aft_local (tile products)" not in bench.mixers(shape, 16, cpu)
-    monkeypatch.setattr(bench.kernels, "supports", lambda *tensors: True)
+    monkeypatch.setattr(bench.kernels, "refusal", lambda *tensors: None)
     mixer = bench.mixers(shape, 16, cpu)["aft_local (tile products)"](dim=8)
     monkeypatch.undo()  # the layer itself takes the PyTorch path on this CPU
     seen: list[bool] = []
-    mixer.layer.register_forward_hook(lambda *_: seen.append(bench.kernels.band_products_default()))
+    mixer.layer.register_forward_hook(lambda *_: seen.append(bench.ops.settings().band_products))
     mixer(bench.torch.randn(1, 16, 8))
-    assert seen == [True] and not bench.kernels.band_products_default()
+    assert seen == [True] and not bench.ops.settings().band_products
 
 
 def test_alternating_medians_take_turns() -> None:
