@@ -32,6 +32,7 @@ import csv
 import json
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -102,7 +103,8 @@ class Fixtures:
             source = ("folder", "parquet")[variant % 2]
             return [
                 f"data.root={self.root / ('imagenet_' + source)}", f"data.source={source}",
-                f"data.num_classes={len(formats.IMAGENET_CLASSES)}", f"data.hf_cache_dir={self.root / 'hf_cache'}",
+                f"data.num_classes={len(formats.IMAGENET_CLASSES)}", f"model.num_classes={len(formats.IMAGENET_CLASSES)}",
+                f"data.hf_cache_dir={self.root / 'hf_cache'}",
             ]
         if kind == "Enwik8":
             source = ("zip", "raw")[variant % 2]
@@ -175,7 +177,6 @@ def _vit_overrides(cfg: DictConfig) -> list[str]:
     image, grid, overrides = _vit_geometry(cfg, patch)
     overrides += [
         f"model.depth={VIT_DEPTH}", f"model.dim={VIT_DIM}", f"model.patch_size={patch}", f"model.img_size={image}",
-        f"model.num_classes={len(formats.IMAGENET_CLASSES)}",
     ]
     if mixer.get("kernel_size") is not None:  # AFT-conv: heads split the channels; keep channels per head
         overrides += [
@@ -192,7 +193,7 @@ def _vit_overrides(cfg: DictConfig) -> list[str]:
 def _timm_overrides(cfg: DictConfig) -> list[str]:
     """A timm zoo model, shrunk through its constructor's keyword arguments."""
     name = str(cfg.model.model_name)
-    overrides = [f"model.num_classes={len(formats.IMAGENET_CLASSES)}"]
+    overrides: list[str] = []
     if name.startswith("deit"):
         patch = int(name.split("patch")[1].split("_")[0]) // 2
         image, _, data = _vit_geometry(cfg, patch)
@@ -273,12 +274,12 @@ def paper_tables(csv_path: Path = ROOT / "results" / "paper_tables.csv") -> dict
     return tables
 
 
-def cost(name: str, overrides: Sequence[str]) -> int:
-    """Tokens per sample of the shrunk experiment: its sequence length, or its image's 8 x 8 patches."""
-    cfg = compose_experiment(name, overrides)
-    if "seq_len" in cfg.model:
-        return int(cfg.model.seq_len)
-    return int(cfg.data.image_size) ** 2 // 64
+def cost(cfg: DictConfig, overrides: Sequence[str]) -> int:
+    """Tokens per sample of the shrunk experiment: its image's 8 x 8 patches, or its sequence length."""
+    values = dict(item.lstrip("+").split("=", 1) for item in overrides)
+    if "data.image_size" in values:
+        return int(values["data.image_size"]) ** 2 // 64
+    return int(values.get("data.seq_len", cfg.model.get("seq_len", 0)))
 
 
 def ci_subset(configs: dict[str, DictConfig], tables: dict[str, set[str]]) -> list[str]:
@@ -288,7 +289,7 @@ def ci_subset(configs: dict[str, DictConfig], tables: dict[str, set[str]]) -> li
     cheapest (``cost``) on ties, until nothing is left uncovered.
     """
     needs = {name: code_paths(cfg) | {("table", t) for t in tables.get(name, ())} for name, cfg in configs.items()}
-    costs = {name: cost(name, shrink(cfg)) for name, cfg in configs.items()}
+    costs = {name: cost(cfg, shrink(cfg)) for name, cfg in configs.items()}
     uncovered = set().union(*needs.values())
     chosen: list[str] = []
     while uncovered:
@@ -511,28 +512,32 @@ def rehearse(name: str, overrides: list[str], folder: Path, records_dir: Path) -
 
 
 def check_compare(outcomes: list[Outcome], records_dir: Path, work: Path) -> None:
-    """``compare.py`` reads every record; an experiment absent from its report fails at this stage."""
+    """``compare.py`` reads every record: each record of an experiment of the paper's tables must be
+    named in its report (a shrunk run is listed as a modified config); otherwise that experiment
+    fails at this stage."""
     merged = work / "records"
     merged.mkdir(exist_ok=True)
     for path in records_dir.glob("*/*.json"):
         (merged / path.name).write_bytes(path.read_bytes())
-    report, log = work / "REPORT.md", work / "compare.log"
+    report = work / "REPORT.md"
     command = [sys.executable, str(ROOT / "scripts" / "compare.py"), "--runs", str(merged), "--report", str(report),
                "--figures", str(work / "figures")]
     try:
-        run_stage("compare.py", command, ROOT, log)  # from the checkout, as its docstring runs it
-        text = report.read_text()
+        run_stage("compare.py", command, ROOT, work / "compare.log")  # from the checkout, as its docstring runs it
     except StageError as error:
-        text, failure = "", error
+        failure: StageError | None = error
     else:
         failure = None
+    text = report.read_text() if failure is None else ""
+    tables = paper_tables()
     for outcome in outcomes:
         if not outcome.passed:
             continue
+        unread = [p.name for p in (records_dir / outcome.experiment).glob("*.json") if p.name not in text]
         if failure is not None:
             outcome.passed, outcome.stage, outcome.cause = False, failure.stage, failure.cause
-        elif outcome.experiment not in text:
-            outcome.passed, outcome.stage, outcome.cause = False, "compare.py", f"{outcome.experiment} not in {report}"
+        elif outcome.experiment in tables and unread:
+            outcome.passed, outcome.stage, outcome.cause = False, "compare.py", f"{unread[0]} not in {report}"
 
 
 # ---------------------------------------------------------------- main
@@ -592,13 +597,21 @@ def run_all(names: Sequence[str], work: Path, jobs: int) -> list[Outcome]:
     return sorted(outcomes, key=lambda o: o.experiment)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of every process the rehearsal waited for (train.py, eval.py, workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def write_record(path: Path, argv: Sequence[str], outcomes: list[Outcome], seconds: float) -> None:
     record = {
         "command": " ".join(["python", "scripts/rehearse.py", *argv]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": code_revision(),
         "wall_seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds(), 1),
         "cpus": os.cpu_count(),
+        "load_average": os.getloadavg()[0],
         "passed": sum(o.passed for o in outcomes),
         "failed": sum(not o.passed for o in outcomes),
         "experiments": [{**asdict(o), "seconds": round(o.seconds, 1)} for o in outcomes],
@@ -625,7 +638,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcomes = run_all(names, Path(tmp), args.jobs)
     seconds = time.monotonic() - start
     failed = [o for o in outcomes if not o.passed]
-    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} experiments passed in {seconds:.0f} s", flush=True)
+    print(
+        f"{len(outcomes) - len(failed)} of {len(outcomes)} experiments passed in {seconds:.0f} s "
+        f"({cpu_seconds():.0f} CPU s)", flush=True,
+    )
     for outcome in failed:
         print(outcome.line(), flush=True)
     if args.record:

@@ -51,7 +51,6 @@ def test_shrink_keeps_what_defines_the_experiment(name: str, fixtures) -> None:
     assert tiny.trainer.max_steps == rehearse.STEPS and tiny.trainer.device == "cpu"
     model = instantiate(tiny.model) if paper.model._target_ == "timm.create_model" else build_on_meta(tiny.model)
     tiny_count = count_parameters(model)
-    assert tiny_count <= count_parameters(build_on_meta(paper.model))
     dense_bias = OmegaConf.select(tiny, "model.mixer.bias_dim", default=0) is None  # T x T at CIFAR's fixed T
     assert tiny_count < 1_000_000 or dense_bias, tiny_count
 
