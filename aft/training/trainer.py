@@ -130,6 +130,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
 
 
 def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str]) -> dict[str, Any]:
+    preemption = Preemption()  # first: a signal while the data and model load stops after the first step
     if not dist.is_main:
         logging.getLogger("data").setLevel(logging.WARNING)  # the data record is logged by rank 0 only
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -211,7 +212,6 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
         for note in filter(None, notes):
             print(f"note: {note}", flush=True)
 
-    preemption = Preemption()
     mixup = data.mixup_fn() if data.task == "classification" else None
     progress = tqdm(total=total_steps, initial=position.step, disable=not dist.is_main, dynamic_ncols=True)
     window_start, window_samples, window_steps = time.perf_counter(), 0, 0

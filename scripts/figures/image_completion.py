@@ -5,7 +5,7 @@ through the layers' ``step`` caches for the causal AFT layers).
 Rows of the PNG: the masked test images (bottom half gray), the completions (``--samples`` per
 image) and the originals.
 
-    python scripts/figures/image_completion.py --run runs/multirun/experiment=cifar10_aft_local256_l24_d256 --out fig4.png
+    python scripts/figures/image_completion.py --run runs/cifar10_aft_local256_l24_d256 --out fig4.png
     python scripts/figures/image_completion.py --random-init cifar10_aft_local256_l24_d256 \\
         model.depth=1 model.dim=16 model.seq_len=48 model.mixer.window=8 model.mixer.bias_dim=4 \\
         data=embedded_images data._target_=data.embedded_images.EmbeddedImageSequences data.image_size=4 --out demo.png

@@ -4,7 +4,7 @@ of every layer (rows) for each head (columns, the first 16), on the patch grid.
 The image is number ``--index`` of the run's evaluation split (ImageNet: ``val``), preprocessed
 by the data module's evaluation transform; the PNG shows it above the maps.
 
-    python scripts/figures/key_maps.py --run runs/multirun/experiment=imagenet_aft_conv_small_k11_h384 --index 3 --out fig9.png
+    python scripts/figures/key_maps.py --run runs/imagenet_aft_conv_small_k11_h384 --index 3 --out fig9.png
     python scripts/figures/key_maps.py --random-init imagenet_aft_conv_small_k11_h384 model.depth=2 model.dim=32 \\
         model.mixer.heads=4 model.mixer.kernel_size=3 model.img_size=64 data=embedded_images data.image_size=64 --out demo.png
 """

@@ -7,8 +7,8 @@
   per layer (rows) and head (columns, the first 16), after the reparameterization of Eq. 8 and,
   for Gumbel models (§8), the inference-time one-hot of Eq. 10.
 
-    python scripts/figures/position_biases.py --run runs/multirun/experiment=imagenet_aft_conv_small_k11_h384 --out fig6.png
-    python scripts/figures/position_biases.py --run runs/multirun/experiment=imagenet_aft_full_small --out fig3.png
+    python scripts/figures/position_biases.py --run runs/imagenet_aft_conv_small_k11_h384 --out fig6.png
+    python scripts/figures/position_biases.py --run runs/imagenet_aft_full_small --out fig3.png
     python scripts/figures/position_biases.py --run <run> --layers 0 2 4 6 8 10 --out fig1_right.png
     python scripts/figures/position_biases.py --random-init imagenet_aft_conv_small_k11_h384 model.depth=2 --out demo.png
 """
