@@ -14,7 +14,9 @@ lists to take in our models, inserted before ``NUM_NON_STD = len(NON_STD_FILTERS
   (AFT-conv, Lambda, ``(B, Y, X, D)``) take the standard tests, ``features_only`` included.
 
 :mod:`tests.models.timm_suite_plugin` keeps exactly our names and skips TorchScript (out of
-scope, ``docs/timm.md``). The collected test ids and outcomes are printed.
+scope, ``docs/timm.md``). timm's per-test timeouts (120 s, sized for its CI machines) are off
+(``-p no:timeout``); the whole run is bounded by :data:`SUITE_TIMEOUT_S`. The collected test ids,
+their outcomes and the slowest tests are printed.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ EXPECTED_PASS = {
     **{name: [*COMMON, "test_model_default_cfgs", "test_model_forward_features"] for name in GRID},
 }
 EXPECTED_SKIP = ["test_model_forward_torchscript", "test_model_forward_fx_torchscript"]
-SUITE_TIMEOUT_S = 1200
+SUITE_TIMEOUT_S = 3600  # 52 min measured on the loaded 2-core machine, docs/timm.md
 
 
 def patch_step() -> str:
@@ -84,12 +86,14 @@ def apply_patch(test_file: Path) -> None:
     test_file.write_text(source.replace(ANCHOR, patch_step() + ANCHOR))
 
 
-def outcomes(report: Path) -> dict[str, str]:
-    """JUnit report -> ``{test id: passed | failed | skipped}``."""
+def outcomes(report: Path) -> dict[tuple[str, str], str]:
+    """JUnit report -> ``{(test, model name): passed | failed | skipped}``."""
     result = {}
     for case in ET.parse(report).iter("testcase"):
+        test, _, params = case.get("name").partition("[")
+        model = next((p for p in params.rstrip("]").split("-") if p in VARIANTS), "")
         states = {child.tag for child in case} & {"failure", "error", "skipped"}
-        result[case.get("name")] = "skipped" if states == {"skipped"} else ("failed" if states else "passed")
+        result[test, model] = "skipped" if states == {"skipped"} else ("failed" if states else "passed")
     return result
 
 
@@ -100,6 +104,7 @@ def test_patch_step_extends_the_selection_lists() -> None:
     assert "FEAT_INTER_FILTERS += ['registry']" in patched and "aft_full_tiny_patch16_224" in patched
 
 
+@pytest.mark.timeout(SUITE_TIMEOUT_S + 600)  # the fetch and the suite (their own limits below)
 def test_timm_model_suite_passes_on_every_registered_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = fetch_timm_tests(tmp_path)
     apply_patch(root / "tests" / "test_models.py")
@@ -109,15 +114,13 @@ def test_timm_model_suite_passes_on_every_registered_model(tmp_path: Path, capsy
            "PYTHONPATH": os.pathsep.join([str(plugin_dir), os.environ.get("PYTHONPATH", "")])}
     env.pop("GITHUB_ACTIONS", None)  # the same test selection on every machine
     command = [sys.executable, "-m", "pytest", "tests/test_models.py", "-c", "pyproject.toml", "--rootdir", ".",
-               "-p", "timm_suite_plugin", "-v", "-rs", "-p", "no:cacheprovider", f"--junitxml={report}"]
+               "-p", "timm_suite_plugin", "-p", "no:timeout", "-p", "no:cacheprovider",
+               "-v", "-rs", "--durations=15", f"--junitxml={report}"]
     run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S)
     with capsys.disabled():
         print(f"\n--- timm {timm.__version__} tests/test_models.py on our models ---\n{run.stdout}{run.stderr}")
     assert run.returncode == 0, "timm's model tests failed on our models (output above)"
     found = outcomes(report)
-    for name, tests in EXPECTED_PASS.items():
-        for test in tests:
-            assert found.get(f"{test}[{name}-1]", found.get(f"{test}[{name}-2]")) == "passed", (test, name)
-            assert found.get(f"{test}[{name}-1]", found.get(f"{test}[{name}-2]")) == "passed", (test, name)
-        for test in EXPECTED_SKIP:
-            assert found.get(f"{test}[{name}-1]") == "skipped", (test, name)
+    expected = {(test, name): "passed" for name, tests in EXPECTED_PASS.items() for test in tests}
+    expected |= {(test, name): "skipped" for name in VARIANTS for test in EXPECTED_SKIP}
+    assert found == expected
