@@ -62,7 +62,7 @@ def test_decoder_compiles_whole_and_matches_eager(name: str) -> None:
     _compare(_decoder(name), torch.randint(0, 11, (2, T)), "aot_eager")
 
 
-@pytest.mark.parametrize("name", ["conv2d", "conv2d_no_q", "local", "full", "simple"])
+@pytest.mark.parametrize("name", ["conv2d", "conv2d_no_q", "local_dense", "full", "conv1d"])
 def test_vit_compiles_whole_and_matches_eager(name: str) -> None:
     torch._dynamo.reset()
     _compare(_vit(name), torch.randn(2, 3, 8, 8), "aot_eager")
