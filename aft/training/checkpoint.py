@@ -81,6 +81,13 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path, fix:
         raise CheckpointError(f"{path} does not fit the configured model ({details[0].rstrip('.')}); {fix}") from None
 
 
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs (dropout, Mixup and CutMix draw from them)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) RNG states in a ``weights_only``-loadable form."""
     name, keys, pos, has_gauss, cached = np.random.get_state()

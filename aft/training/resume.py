@@ -113,7 +113,7 @@ def restore_rng(saved: list[dict] | dict, dist: DistInfo, seed: int, step: int) 
     if len(states) == dist.world_size:
         ckpt.set_rng_state(states[dist.rank])
         return None
-    torch.manual_seed(int(np.random.SeedSequence((seed, dist.rank, step)).generate_state(1)[0]))
+    ckpt.seed_all(int(np.random.SeedSequence((seed, dist.rank, step)).generate_state(1)[0]))
     return (
         f"the checkpoint holds RNG states of {len(states)} processes, this run has {dist.world_size}: "
         "random streams reseeded, so the curve continues but not draw for draw"

@@ -170,7 +170,7 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
             notes.append(f"resumed with changed {', '.join(changed)}: applied from step {position.step}")
         scheduler.step_update(position.step)
     else:
-        torch.manual_seed(cfg.seed + dist.rank)  # per-rank dropout streams
+        ckpt.seed_all(cfg.seed + dist.rank)  # per-rank dropout and Mixup streams, the same at every launch
     ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
     if ema is not None and resume_from is not None:
         if EMA_KEY in state:
