@@ -30,6 +30,7 @@ counts all-reduced over ranks are exact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -42,7 +43,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
-from torchvision.datasets.utils import calculate_md5
 
 if TYPE_CHECKING:
     from timm.data import Mixup
@@ -65,8 +65,17 @@ def file_record(path: Path, md5: bool = True) -> dict[str, Any]:
     """What was read from one file: path, size in bytes and (when asked) its md5."""
     record: dict[str, Any] = {"path": str(path), "bytes": path.stat().st_size}
     if md5:
-        record["md5"] = calculate_md5(path)
+        record["md5"] = file_md5(path)
     return record
+
+
+def file_md5(path: Path) -> str:
+    """The md5 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def nats_to_bits(nats: float) -> float:
