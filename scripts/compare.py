@@ -53,6 +53,7 @@ from omegaconf import OmegaConf
 from aft.experiments import build_on_meta, compose_experiment, count_parameters
 from aft.run_name import result_config
 
+RESULTS = Path(__file__).resolve().parents[1] / "results"  # defaults: this checkout's results/, from any folder
 TEST_SPLITS = ("test", "val")  # Enwik8/CIFAR10 test split; ImageNet's test set is its val split
 CONFIG_METRICS = ("params_m", "params_per_layer_m")
 EVAL_SIZE_OVERRIDE = re.compile(r"^data\.eval_image_size=(\d+)$")
@@ -460,10 +461,10 @@ def render_report(
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tables", type=Path, default=Path("results/paper_tables.csv"))
-    parser.add_argument("--runs", type=Path, default=Path("results/runs"), help="eval.py records (*.json)")
-    parser.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
-    parser.add_argument("--figures", type=Path, default=Path("results/figures"))
+    parser.add_argument("--tables", type=Path, default=RESULTS / "paper_tables.csv")
+    parser.add_argument("--runs", type=Path, default=RESULTS / "runs", help="eval.py records (*.json)")
+    parser.add_argument("--report", type=Path, default=RESULTS / "REPORT.md")
+    parser.add_argument("--figures", type=Path, default=RESULTS / "figures")
     return parser.parse_args(argv)
 
 
