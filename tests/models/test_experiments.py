@@ -129,8 +129,17 @@ def attribute(obj: Any, dotted: str) -> Any:
     return tuple(obj) if isinstance(obj, torch.Size) else obj
 
 
+IMAGE_DEMO = "embedded_images_aft_conv"  # not a paper row: the CPU classification demo
+
+
 def test_every_experiment_is_checked() -> None:
-    assert sorted({**DECODER_ROWS, **VIT_ROWS, **TIMM_ROWS}) == experiment_names()
+    assert sorted({**DECODER_ROWS, **VIT_ROWS, **TIMM_ROWS, IMAGE_DEMO: None}) == experiment_names()
+
+
+def test_the_image_demo_builds_a_small_aft_conv_vit_for_its_data() -> None:
+    model = build_on_meta(compose_experiment(IMAGE_DEMO).model)
+    assert isinstance(model, VisionTransformer) and model.num_classes == 10 and len(model.blocks) == 4
+    assert all(type(block.mixer) is AFTConv2d for block in model.blocks) and model.pos_embed is None
 
 
 def test_root_config_builds_the_default_causal_decoder() -> None:
@@ -224,7 +233,7 @@ def test_tiny_version_trains(name: str) -> None:
         assert out.shape == (*inputs.shape, model.head.out_features)
         loss = torch.nn.functional.cross_entropy(out.flatten(0, 1), inputs.flatten())
     else:
-        assert out.shape == (inputs.shape[0], 1000)
+        assert out.shape == (inputs.shape[0], model.num_classes)
         loss = out.logsumexp(-1).mean()
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
