@@ -6,7 +6,7 @@ the same semantics (``causal=False``, ``bias_dim=None``: dense bias) and the sam
 weights are copied into ours, and then for each variant:
 
 * agreement: the largest absolute difference of the two outputs at ``--check-length``;
-* speed and memory at ``--length`` (issue 7: B=4, T=4096, D=256): median forward + backward
+* speed and memory at ``--length`` (default B=4, T=4096, D=256): median forward + backward
   seconds, their layer and ours taking turns, and memory (``torch.cuda.max_memory_allocated``
   on a GPU, bytes saved for backward on the CPU);
 * defects found in that package, measured here and printed rather than hidden:

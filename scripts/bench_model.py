@@ -96,7 +96,7 @@ def mixers(shape: dict, seq_len: int, device: torch.device | None = None) -> dic
         import aft_pytorch
 
         found["aft_pytorch_simple (bidirectional)"] = lambda dim: _AftPytorch(aft_pytorch.AFTSimple(seq_len, dim, dim))
-        if seq_len <= 1024:  # its AFTLocal loops over T^2 in Python; 24.7 s per step at T=4096 (issue 7)
+        if seq_len <= 1024:  # its AFTLocal loops over T^2 in Python; 24.7 s per step at T=4096 (measured on the CPU)
             found["aft_pytorch_local (bidirectional)"] = lambda dim: _AftPytorch(
                 aft_pytorch.AFTLocal(seq_len, dim, dim, s=shape["window"])
             )
