@@ -101,9 +101,15 @@ def folder_classes(split_dir: Path, split: str, num_classes: int) -> list[str]:
 
 
 def _check_decodes(dataset: Dataset, split: str, root: Path) -> None:
-    """The first image of ``split`` decodes (timm skips single bad files, and fails after a streak of them)."""
+    """The first image of ``split`` decodes (timm skips single bad files, and fails after a streak of them).
+
+    Decoded without the transform: an augmentation here would draw from the global RNGs before the
+    trainer seeds them (random erasing draws from torch only when Python's unseeded RNG says so).
+    """
+    untransformed = copy.copy(dataset)
+    untransformed.transform = None
     try:
-        dataset[0]
+        untransformed[0]
     except RuntimeError as error:  # timm's ImageDataset after TIMM_DATASET_MAX_RETRIES consecutive failures
         raise DataError(
             f"ImageNet {split} split in {root}: {error} (undecodable image files): the copy is corrupt; "

@@ -133,8 +133,8 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
     preemption = Preemption()  # first: a signal while the data and model load stops after the first step
     if not dist.is_main:
         logging.getLogger("data").setLevel(logging.WARNING)  # the data record is logged by rank 0 only
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     data = instantiate(cfg.data)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and at every launch
     model = instantiate(cfg.model)
     check_model_fits_data(model, data)
     checkpoint_dir = run_dir / "checkpoints"

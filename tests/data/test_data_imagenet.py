@@ -149,6 +149,19 @@ def test_a_draw_leaves_the_training_rngs_untouched(imagenet_root: Path) -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_loading_leaves_the_global_rngs_untouched(imagenet_root: Path) -> None:
+    """The start-up decode check draws no augmentation: the trainer seeds the initial weights around it."""
+    import random
+
+    states = lambda: (random.getstate(), np.random.get_state()[1].tolist(), torch.random.get_rng_state())  # noqa: E731
+    for python_seed in range(8):  # random erasing (p=0.25) draws from torch only when Python's RNG says so
+        random.seed(python_seed)
+        before = states()
+        make(imagenet_root, re_prob=1.0 if python_seed % 2 else 0.25)
+        after = states()
+        assert before[:2] == after[:2] and torch.equal(before[2], after[2]), python_seed
+
+
 def test_undecodable_images_are_one_clear_error(imagenet_root: Path) -> None:
     for image in (imagenet_root / "train").rglob("*.JPEG"):
         image.write_bytes(b"not a jpeg")

@@ -34,15 +34,7 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory):
     return rehearse.write_fixtures(tmp_path_factory.mktemp("data"))
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        EXPERIMENTS[0],
-        pytest.param(EXPERIMENTS[1], marks=pytest.mark.skip(
-            reason="open defect: two launches of the same 2-process ImageNet run differ from step 1 "
-                   "(1.0866 vs 1.1017 in one run, 1.1087 vs 1.0866 in another); source not yet found")),
-    ],
-)
+@pytest.mark.parametrize("name", EXPERIMENTS)
 def test_killed_two_process_run_resumes_to_the_same_losses(tmp_path: Path, fixtures, name: str) -> None:
     command = torchrun(name, fixtures)
     assert any(item == "data.num_workers=2" for item in command)

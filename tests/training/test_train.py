@@ -215,6 +215,26 @@ def test_a_failing_periodic_evaluation_keeps_the_steps_checkpoint(tmp_path: Path
     assert load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
 
 
+def test_initial_weights_do_not_depend_on_rng_drawn_while_the_data_loads(tmp_path: Path, monkeypatch) -> None:
+    """A data module may draw from torch's RNG at start-up (ImageNet's did, a varying amount): the
+    initial weights, hence the first loss, must be the same at every launch."""
+    from data.embedded_text import EmbeddedText
+
+    cfg = compose_config([*TINY, *LOCAL_MIXER, "trainer.max_steps=1", "trainer.eval_every=0", "trainer.log_every=1",
+                          "trainer.device=cpu"])
+    original = EmbeddedText.__init__
+    first_losses = []
+    for draws in (0, 5):
+        def drawing_init(self, *args, _draws=draws, **kwargs):
+            original(self, *args, **kwargs)
+            torch.rand(_draws)
+
+        monkeypatch.setattr(EmbeddedText, "__init__", drawing_init)
+        train(cfg, tmp_path / f"draws{draws}")
+        first_losses.append(_losses(tmp_path / f"draws{draws}")[1])
+    assert first_losses[0] == first_losses[1]
+
+
 def test_a_finished_run_relaunched_prints_its_final_metrics_and_adds_nothing(tmp_path: Path) -> None:
     run = tmp_path / "run"
     first = _train(run, "trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.eval_every=0")
