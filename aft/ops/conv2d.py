@@ -40,7 +40,18 @@ from aft.ops.prefix import MIN_SHIFTED_DENOMINATOR, Underflow, outside_window_su
 
 def average(k: Tensor, v: Tensor, w: Tensor, global_connectivity: bool) -> Tensor:
     """AFT-conv2d's weighted average ``(B, Y, X, D)``, differentiable in ``k``, ``v`` and ``w``."""
-    return _conv2d(k, v, w, global_connectivity)[0]
+    return _conv2d(k, v, reachable_taps(w, v.shape[1], v.shape[2]), global_connectivity)[0]
+
+
+def reachable_taps(w: Tensor, Y: int, X: int) -> Tensor:
+    """The central ``n x n`` taps of ``w`` ``(H, S, S)``, ``n = min(S, 2 max(Y, X) - 1)``: the only ones that
+    connect two cells of a ``Y x X`` grid (a 25-wide kernel on a 6 x 6 grid: 121 of its 625 taps).
+    The others get no gradient, as in the uncropped sum."""
+    S, n = w.shape[-1], 2 * max(Y, X) - 1
+    if S <= n:
+        return w
+    start = (S - n) // 2
+    return w[:, start : start + n, start : start + n]
 
 
 def _forward(k: Tensor, v: Tensor, w: Tensor, global_connectivity: bool) -> tuple[Tensor, Tensor]:

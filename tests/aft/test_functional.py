@@ -115,7 +115,7 @@ def test_conv1d_equals_full_with_toeplitz_bias() -> None:
 
 
 @pytest.mark.parametrize("grid", [(1, 1), (3, 4), (6, 5), (8, 8)])
-@pytest.mark.parametrize("kernel", [1, 3, 7])
+@pytest.mark.parametrize("kernel", [1, 3, 7, 17])  # 17: wider than the grids, its outer taps cropped
 @pytest.mark.parametrize("global_connectivity", [True, False])
 def test_conv2d(grid: tuple[int, int], kernel: int, global_connectivity: bool) -> None:
     Y, X = grid
@@ -129,7 +129,9 @@ def test_conv2d(grid: tuple[int, int], kernel: int, global_connectivity: bool) -
     _assert_close(out, ref.reshape(B, Y, X, D))
 
 
-@pytest.mark.parametrize(("heads", "kernel", "global_connectivity"), [(4, 3, True), (D, 5, True), (4, 3, False)])
+@pytest.mark.parametrize(
+    ("heads", "kernel", "global_connectivity"), [(4, 3, True), (D, 5, True), (4, 3, False), (4, 15, True), (4, 15, False)]
+)
 @pytest.mark.parametrize("scale", [1.0, 5.0])
 def test_conv2d_gradients_match_float64(
     heads: int, kernel: int, global_connectivity: bool, scale: float, monkeypatch: pytest.MonkeyPatch
