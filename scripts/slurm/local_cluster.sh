@@ -7,11 +7,13 @@
 # Daemons: munged, MariaDB (accounting storage: submitit reads job states with sacct), slurmdbd,
 # slurmctld, slurmd; all on loopback. The node is this machine's real cores and memory
 # (`slurmd -C`). Tuned for tests: KillWait=10 s (SIGTERM -> SIGKILL), and a requeued job starts
-# again within a second or two instead of Slurm's fixed 2-minute hold (its BeginTime is set to
-# the requeue time + 120 s; `release-requeued` below resets it). Idempotent: packages, daemons and state
-# already there are reused. Needs root (Debian/Ubuntu with apt-get). State and logs live in
-# $AFT_SLURM_STATE (default /var/lib/aft-slurm); the daemons this script started are listed in
-# $AFT_SLURM_STATE/started, which `down` reads.
+# again ~CRED_EXPIRE s after its requeue instead of 120 s: Slurm holds a requeued job (its BeginTime)
+# until the old instance's job credential has expired, `AuthInfo=cred_expire`, 120 s by default.
+# Starting it earlier by hand (`scontrol update StartTime=now`) races that credential: slurmd
+# refuses the relaunch ("Job credential revoked") and the job ends FAILED. Idempotent: packages,
+# daemons and state already there are reused. Needs root (Debian/Ubuntu with apt-get). State and
+# logs live in $AFT_SLURM_STATE (default /var/lib/aft-slurm); the daemons this script started are
+# listed in $AFT_SLURM_STATE/started, which `down` reads.
 set -euo pipefail
 
 STATE=${AFT_SLURM_STATE:-/var/lib/aft-slurm}
@@ -21,6 +23,7 @@ MARKER="# written by scripts/slurm/local_cluster.sh"
 CLUSTER=aftlocal
 PACKAGES=(slurm-wlm slurmdbd slurm-client munge mariadb-server)
 MYSQL_SOCKET=/run/mysqld/mysqld.sock
+CRED_EXPIRE=10  # s: the requeue hold; long enough to launch a job step on a loaded machine
 
 log() { echo "local_cluster: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -73,6 +76,7 @@ ClusterName=$CLUSTER
 SlurmctldHost=localhost(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=$CRED_EXPIRE
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool
 SlurmctldPidFile=$STATE/slurmctld.pid
@@ -149,24 +153,6 @@ start_daemon() {  # start_daemon NAME PIDFILE READY-COMMAND...
     started "$name" "$(cat "$pidfile")"
 }
 
-release_requeued() {  # forever: start requeued jobs now instead of 120 s after their requeue
-    local id
-    while sleep 1; do
-        scontrol -o show job 2>/dev/null | grep 'JobState=PENDING' | grep 'Reason=BeginTime' | grep -v ' Restarts=0 ' |
-            sed -n 's/^JobId=\([0-9]*\) .*/\1/p' | while read -r id; do
-                scontrol update jobid="$id" StartTime=now 2>/dev/null || true
-            done || true  # no requeued job: grep found nothing
-    done
-}
-
-start_releaser() {
-    local pid
-    pid=$(sed -n 's/^release-requeued \([0-9]*\)$/\1/p' "$STATE/started" | tail -n 1)
-    if alive "$pid"; then return; fi
-    setsid bash "$0" release-requeued </dev/null >>"$STATE/log/release-requeued.log" 2>&1 &
-    started release-requeued "$!"
-}
-
 forget_dead() {  # keep in $STATE/started only the daemons still running (a machine may have restarted)
     local name pid
     touch "$STATE/started"
@@ -181,8 +167,15 @@ node_ready() { sinfo -h -n localhost -o %t | grep -Eq '^(idle|mix|alloc)'; }
 up() {
     [ "$(id -u)" -eq 0 ] || die "run as root (it installs packages and starts system daemons)"
     install_packages
+    local before
+    before=$(cat "$CONF" "$DBD_CONF" 2>/dev/null || true)
     write_configs
     forget_dead
+    if [ -n "$before" ] && [ "$before" != "$(cat "$CONF" "$DBD_CONF")" ] && [ -s "$STATE/started" ]; then
+        log "the configuration changed: restarting the daemons this script started"  # they read it at start only
+        down
+        forget_dead
+    fi
     start_munge
     start_mariadb
     start_daemon slurmdbd "$STATE/slurmdbd.pid" sacctmgr -n list cluster
@@ -196,7 +189,6 @@ up() {
         scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true
     fi
     wait_for 60 "the node" node_ready
-    start_releaser
     wait_for 60 "accounting" sh -c "sacct -n -a -X -S now-1minutes >/dev/null"
     log "up: $(sinfo -h -o '%P %D nodes %c CPUs %m MB %t')"
 }
@@ -221,6 +213,5 @@ down() {
 case "${1:-}" in
     up) up ;;
     down) down ;;
-    release-requeued) release_requeued ;;
     *) echo "usage: $0 up|down" >&2; exit 2 ;;
 esac

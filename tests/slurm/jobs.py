@@ -47,11 +47,20 @@ def cluster_problem() -> str | None:
     return None
 
 
+def cluster_snapshot() -> str:
+    """The queue (with pending reasons) and the last hour's accounting, for a timed-out wait's message."""
+    commands = (
+        ["squeue", "-a", "-o", "%i %j %T %M %l %r"],
+        ["sacct", "-a", "-X", "-S", "now-60minutes", "-o", "JobID,JobName,State,ExitCode,Start,End,Elapsed"],
+    )
+    return "\n".join(subprocess.run(c, capture_output=True, text=True, timeout=30).stdout for c in commands)
+
+
 def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.time() + timeout
     while not condition():
         if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; the cluster:\n{cluster_snapshot()}")
         time.sleep(1)
 
 
