@@ -33,25 +33,29 @@ import triton
 from benchlib import write_record
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton.runtime.jit import JITFunction
+from triton.runtime.jit import JITFunction, mangle_type
 
 from aft import kernels
 from aft.kernels import banded, conv2d
+from aft.kernels.common import Blocks
 
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas")
-POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 # A CUDA tensor's stand-in for the default launch shapes (they read only ``device`` and ``shape``).
 Defaults = Callable[[torch.Tensor], object]
 
 
 @dataclass(frozen=True)
 class Launch:
-    """One kernel launch as the GPU would compile it."""
+    """One kernel launch as the GPU would compile it: ``signature`` by parameter (a tuple of
+    types for a tuple of pointers), the ``constexprs`` passed by name, the ``absent`` (``None``)
+    arguments by their path (parameter index, then index in a tuple), which Triton takes as
+    constexprs too."""
 
     kernel: JITFunction
-    signature: dict[str, str]
+    signature: dict[str, object]
     constexprs: dict[str, object]
+    absent: tuple[tuple[int, ...], ...]
     num_warps: int
 
     @property
@@ -79,29 +83,36 @@ def _launch(kernel: JITFunction, args: tuple, kwargs: dict) -> Launch:
     names = list(inspect.signature(kernel.fn).parameters)
     constexprs = {k: v for k, v in kwargs.items() if k not in LAUNCH_OPTIONS}
     runtime = [n for n in names if n not in constexprs]
-    signature = {name: _type(value) for name, value in zip(runtime, args, strict=True)}
+    signature = {name: mangle_type(value) for name, value in zip(runtime, args, strict=True)}
     signature.update({name: "constexpr" for name in constexprs})
-    return Launch(kernel, {n: signature[n] for n in names}, constexprs, int(kwargs.get("num_warps", 4)))
+    absent = tuple(path for name, value in zip(runtime, args) for path in _absent(value, (names.index(name),)))
+    return Launch(kernel, {n: signature[n] for n in names}, constexprs, absent, int(kwargs.get("num_warps", 4)))
 
 
-def _type(value: object) -> str:
-    if isinstance(value, torch.Tensor):
-        return POINTER_TYPES[value.dtype]
-    if isinstance(value, bool):
-        return "i1"
-    if isinstance(value, int):
-        return "i32" if -(2**31) <= value < 2**31 else "i64"
-    raise TypeError(f"no Triton type for a kernel argument of type {type(value).__name__}")
+def _absent(value: object, path: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+    """The paths of the ``None`` entries of an argument (a tuple's entries by index)."""
+    if value is None:
+        yield path
+    elif isinstance(value, tuple):
+        for i, entry in enumerate(value):
+            yield from _absent(entry, (*path, i))
+
+
+def _pointer_types(types: object) -> Iterator[str]:
+    """The pointer types of a signature's values, tuples flattened, in order."""
+    if isinstance(types, tuple):
+        for entry in types:
+            yield from _pointer_types(entry)
+    elif isinstance(types, str) and types.startswith("*"):
+        yield types
 
 
 def compile_launch(launch: Launch, arch: int) -> dict:
     """Compile for ``sm_<arch>``; registers, spilled (stack) bytes and shared memory from the binary."""
     params = list(launch.signature)
-    source = ASTSource(
-        fn=launch.kernel,
-        signature=launch.signature,
-        constexprs={(params.index(name),): value for name, value in launch.constexprs.items()},
-    )
+    constexprs = {(params.index(name),): value for name, value in launch.constexprs.items()}
+    constexprs.update({path: None for path in launch.absent})
+    source = ASTSource(fn=launch.kernel, signature=launch.signature, constexprs=constexprs)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": launch.num_warps})
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
@@ -127,7 +138,7 @@ def operators(dtype: torch.dtype) -> dict[str, dict[str, Callable[[], torch.Tens
     """Each op's variants at CUDA's launch shapes: ``{op: {variant: forward() -> out}}``."""
     T, D, heads = 64, 64, 8
 
-    def banded_blocks(v: torch.Tensor, band: banded.Band, products: bool = False, **changes: object) -> banded.Blocks:
+    def banded_blocks(v: torch.Tensor, band: banded.Band, products: bool = False, **changes: object) -> Blocks:
         return replace(banded.default_blocks(_cuda_like(v), band, products), **changes)
 
     def simple(causal: bool) -> torch.Tensor:
@@ -198,7 +209,7 @@ def main() -> None:
     rows = []
     for op, launch in record_launches(ops, [getattr(torch, d) for d in args.dtypes]):
         row = {"op": op, "kernel": f"{launch.kernel.fn.__module__}.{launch.kernel.__name__}",
-               "dtype": next(t for t in launch.signature.values() if t.startswith("*")),
+               "dtype": next(_pointer_types(tuple(launch.signature.values()))),
                "constexprs": {k: str(v) for k, v in launch.constexprs.items()}, "num_warps": launch.num_warps}
         row.update(compile_launch(launch, args.arch))
         rows.append(row)

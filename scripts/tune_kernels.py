@@ -1,7 +1,7 @@
 """Launch-shape sweep of the AFT Triton kernels (aft.kernels), forward and backward.
 
 For each operator and launch shape (rows per tile, channels per program, row chunks,
-warps; :class:`aft.kernels.banded.Blocks`) it times the forward and the backward pass
+warps; :class:`aft.kernels.common.Blocks`) it times the forward and the backward pass
 separately (``triton.testing.do_bench``, median) and divides the fewest bytes each must
 move (forward 5, backward 9 float32 ``(B, T, D)`` tensors, see scripts/bench_ops.py) by the
 time, as a fraction of device-to-device copy bandwidth. ``default_blocks`` in
@@ -24,7 +24,7 @@ from bench_ops import MIN_TENSORS, copy_bandwidth
 from benchlib import write_record
 
 from aft import kernels
-from aft.kernels.banded import Blocks
+from aft.kernels.common import Blocks
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Blocks], torch.Tensor]
 # (operators, (B, T, D), launch shapes (t, d, chunks, warps[, products])); chunks None: fill the device

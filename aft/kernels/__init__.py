@@ -4,19 +4,20 @@
 :func:`refusal` names a reason: the kernels run when Triton is installed, every tensor is
 float16, bfloat16 or float32, and the tensors are on a CUDA device, or on the CPU with
 ``TRITON_INTERPRET=1`` set before Triton is imported (the interpreter, for tests). float64
-keeps the PyTorch path. The kernels import nothing of the PyTorch path (only
-:mod:`aft.ops.casting`).
+keeps the PyTorch path. The kernels import nothing of the PyTorch path (only the leaf
+modules :mod:`aft.ops.casting` and :mod:`aft.ops.library`).
 
 * :func:`aft_simple` (Eq. 5), :func:`aft_local` (Eq. 4 with a dense or factorized, Eq. 7,
   bias), :func:`aft_conv1d` and :func:`aft_conv2d` (Eq. 6): same arguments and results as
   their namesakes in :mod:`aft.ops`, plus an optional launch shape ``blocks``.
 * The kernels themselves: :mod:`aft.kernels.banded` (a banded bias over a sequence: the
   first three) and :mod:`aft.kernels.conv2d` (a kernel box on a 2-d grid); their numerics:
-  :mod:`aft.kernels.online`.
+  :mod:`aft.kernels.online`; what both share (the pointer groups a kernel takes, tile loads
+  and stores, the launch shape :class:`aft.kernels.common.Blocks`): :mod:`aft.kernels.common`.
 
 ``aft.ops.use(backend="torch")`` forces the PyTorch path (to compare the two);
 ``aft.ops.use(band_products=True)`` sums AFT-local's band as tile matrix products
-(``tl.dot``) instead of term by term (:class:`aft.kernels.banded.Blocks`, ``products``).
+(``tl.dot``) instead of term by term (:class:`aft.kernels.common.Blocks`, ``products``).
 The submodules import Triton; this package imports them on first use.
 """
 

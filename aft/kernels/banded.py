@@ -27,6 +27,12 @@ first start from the merged summaries of the chunks before them. Nothing ``T x T
 ``T x window x D`` is formed; every pass reads and writes ``O(T D)`` bytes plus ``O(T W)``
 of band.
 
+Arguments (:mod:`aft.kernels.common`). A forward launch takes the :class:`Keys`, the gate,
+the band, ``out``, ``lse`` (``None`` unless a backward will run) and the sweep's
+:class:`Summaries`; a backward launch the :class:`Keys`, the :class:`Queries`, the band, its
+summaries and the :class:`Gradients`; a summary launch the terms it sums, :class:`Keys`
+forward, :class:`Queries` backward.
+
 Backward. Autograd keeps the inputs, the gated output ``out`` and the per-``(t, c)``
 log-normalizer ``lse`` (float32). With ``p[t, t'] = exp(K[t'] + w[t, t'] - lse[t])``,
 ``g = dL/dout``, ``G = g * sigmoid(q)`` (the gradient of the average) and
@@ -45,9 +51,9 @@ float32 whatever the input dtype; ``out`` has ``v``'s dtype, each gradient its i
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -55,131 +61,60 @@ import triton.language as tl
 from torch import Tensor
 
 from aft.kernels import online
+from aft.kernels.common import (
+    Blocks,
+    Gradients,
+    Keys,
+    Queries,
+    add_band_term,
+    bias_column,
+    gradients_at,
+    key_terms,
+    keys_at,
+    moved,
+    on_device,
+    program,
+    queries_at,
+    query_terms,
+    store_gradients,
+    store_output,
+    terms,
+    terms_at,
+    tile,
+)
 from aft.kernels.online import NEG
 from aft.ops.library import connect
+
+
+class Summaries(NamedTuple):
+    """A sweep's state buffers (``_summary_kernel``), each ``(B, n, 3, D)`` float32; ``None``
+    where the sweep reads none: ``main_chunks`` (one per chunk) of the terms on the sweep's
+    side, ``other_tiles`` (one per tile) and ``other_chunks`` of those on the other side."""
+
+    main_chunks: Tensor | None
+    other_tiles: Tensor | None
+    other_chunks: Tensor | None
+
 
 # ------------------------------------------------------------------------------ kernels
 
 
 @triton.jit
-def _program(D, BLOCK_D: tl.constexpr):
-    """``(batch index, (BLOCK_D,) channels)`` of this program."""
-    pid = tl.program_id(0)
-    n_blocks = tl.cdiv(D, BLOCK_D)
-    return (pid // n_blocks).to(tl.int64), (pid % n_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-
-
-@triton.jit
-def _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, T, D, HK):
-    """The ``(B, T, D)`` pointers (``k``: ``(B, T, HK)``) moved to batch element ``b``."""
-    n = b * T
-    return q_ptr + n * D, k_ptr + n * HK, v_ptr + n * D, out_ptr + n * D, lse_ptr + n * D, dout_ptr + n * D
-
-
-@triton.jit
-def _tile(ptr, rows, cols, T, width, other):
-    """``x[rows, cols]`` of a row-major ``(T, width)`` array as float32, ``other`` outside.
-
-    ``other`` is applied in float32: as a float16 load's ``other``, ``NEG`` would be ``-inf``.
-    """
-    mask = ((rows >= 0) & (rows < T))[:, None] & (cols < width)[None, :]
-    x = tl.load(ptr + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    return tl.where(mask, x, other)
-
-
-@triton.jit
-def _key_terms(k_ptr, v_ptr, keys, chans, T, D, HK, GROUP: tl.constexpr):
-    """Forward terms of ``keys``: ``(K[t'], 1, V[t'])``; the empty term outside ``[0, T)``."""
-    logit = _tile(k_ptr, keys, chans // GROUP, T, HK, NEG)
-    inside = ((keys >= 0) & (keys < T))[:, None] & (chans < D)[None, :]
-    return logit, inside.to(tl.float32), _tile(v_ptr, keys, chans, T, D, 0.0)
-
-
-@triton.jit
-def _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, queries, chans, T, D, GATED: tl.constexpr):
-    """Backward terms of ``queries``: ``(-lse[t], G[t], delta[t])`` (module docstring)."""
-    neg_lse = -_tile(lse_ptr, queries, chans, T, D, -NEG)
-    dout = _tile(dout_ptr, queries, chans, T, D, 0.0)
-    d_avg = dout
-    if GATED:
-        d_avg = dout * tl.sigmoid(_tile(q_ptr, queries, chans, T, D, 0.0))
-    return neg_lse, d_avg, dout * _tile(out_ptr, queries, chans, T, D, 0.0)
-
-
-@triton.jit
-def _terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, rows, chans, T, D, HK,
-           GROUP: tl.constexpr, GATED: tl.constexpr, QUERIES: tl.constexpr):
-    """Query terms (backward) or key terms (forward) of ``rows``."""
-    if QUERIES:
-        logit, x, y = _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, rows, chans, T, D, GATED)
-    else:
-        logit, x, y = _key_terms(k_ptr, v_ptr, rows, chans, T, D, HK, GROUP)
-    return logit, x, y
-
-
-@triton.jit
-def _band(bias_ptr, rows, chans, col, T, D, W, GROUP: tl.constexpr, PER_HEAD: tl.constexpr):
-    """Band column ``col`` of query ``rows``: ``(BLOCK_T, 1)``, or ``(1, BLOCK_D)`` per head."""
-    if PER_HEAD:
-        w = tl.load(bias_ptr + (chans // GROUP) * W + col, mask=chans < D, other=0.0)
-        w = w.to(tl.float32)[None, :]
-    else:
-        w = tl.load(bias_ptr + rows * W + col, mask=(rows >= 0) & (rows < T), other=0.0)
-        w = w.to(tl.float32)[:, None]
-    return w
-
-
-@triton.jit
-def _store_output(q_ptr, out_ptr, lse_ptr, offs, mask, m, a, s, GATED: tl.constexpr, STORE_LSE: tl.constexpr):
-    """Store ``out = sigmoid(q) * s / a`` (Eq. 2) and, if ``STORE_LSE``, ``lse = m + log(a)``
-    at ``offs`` from a forward state ``(m, a, s)``; ``a = 0`` (padding) reads as 1."""
-    a = tl.where(a > 0, a, 1.0)
-    avg = s / a
-    if GATED:
-        avg = avg * tl.sigmoid(tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32))
-    tl.store(out_ptr + offs, avg.to(out_ptr.dtype.element_ty), mask=mask)
-    if STORE_LSE:
-        tl.store(lse_ptr + offs, m + tl.log(a), mask=mask)
-
-
-@triton.jit
-def _store_gradients(q_ptr, out_ptr, dout_ptr, dq_ptr, dk_ptr, dv_ptr, offs, mask, dk, dv, GATED: tl.constexpr):
-    """Store ``dk``, ``dv`` and, if ``GATED``, ``dq = dout * out * (1 - sigmoid(q))`` at ``offs``."""
-    tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
-    tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
-    if GATED:
-        gate = tl.sigmoid(tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32))
-        grad = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        out = tl.load(out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(dq_ptr + offs, (grad * out * (1.0 - gate)).to(dq_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _add_band_term(dk, dv, p, value, d_avg, delta):
-    """Add one band term ``p = p[t, t']`` per key row: ``dv += p G[t]``, ``dk += r`` with
-    ``r = p (G[t] V[t'] - delta[t])`` (module docstring); ``r`` is also returned for ``dw``."""
-    r = p * (d_avg * value - delta)
-    return dk + r, dv + p * d_avg, r
-
-
-@triton.jit
-def _outside(cm, ca, cb, om, oa, ob, other_tiles, tile, rows, main_shift, other_shift,
-             q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, chans, T, D, HK,
+def _outside(cm, ca, cb, om, oa, ob, other_tiles, tile_index, rows, main_shift, other_shift, source, chans, T, D, HK,
              GROUP: tl.constexpr, GATED: tl.constexpr, BACKWARD: tl.constexpr, CAUSAL: tl.constexpr):
     """State of each row's terms outside the window (bias 0), and the updated carry.
 
     Terms on the sweep's side (``rows + main_shift``) come from the carry ``c*`` and an
     in-tile scan; unless causal, those on the other side (``rows + other_shift``) from the
     tile's summary, the chunks after this one (``o*``) and an in-tile scan the other way.
+    ``source``: the :class:`Queries` (backward) or :class:`Keys` of the terms.
     """
-    logit, x, y = _terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, rows + main_shift,
-                         chans, T, D, HK, GROUP, GATED, BACKWARD)
+    logit, x, y = terms(source, rows + main_shift, chans, T, D, HK, GROUP, GATED, BACKWARD)
     m, a, b, cm, ca, cb = online.scan_tile(cm, ca, cb, logit, x, y, BACKWARD)
     if not CAUSAL:
-        tm, ta, tb = online.load(other_tiles, tile, chans, D)
+        tm, ta, tb = online.load(other_tiles, tile_index, chans, D)
         tm, ta, tb = online.merge(tm, ta, tb, om, oa, ob)
-        logit, x, y = _terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, rows + other_shift,
-                             chans, T, D, HK, GROUP, GATED, BACKWARD)
+        logit, x, y = terms(source, rows + other_shift, chans, T, D, HK, GROUP, GATED, BACKWARD)
         m2, a2, b2, _, _, _ = online.scan_tile(tm, ta, tb, logit, x, y, not BACKWARD)
         m, a, b = online.merge(m, a, b, m2, a2, b2)
     return m, a, b, cm, ca, cb
@@ -207,37 +142,35 @@ def _chunk_start(main_chunks, other_chunks, chunk, n_chunks, chans, D,
 
 @triton.jit
 def _summary_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, tiles_ptr, chunks_ptr,
-    T, D, HK, shift, tiles_per_chunk,
+    source, tiles_ptr, chunks_ptr, T, D, HK, shift, tiles_per_chunk,
     GROUP: tl.constexpr, GATED: tl.constexpr, QUERIES: tl.constexpr, REVERSE: tl.constexpr,
     STORE_TILES: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Summaries of the terms at ``rows + shift``, swept per chunk (descending if ``REVERSE``).
+    """Summaries of the terms at ``rows + shift`` of ``source`` (:class:`Queries` if
+    ``QUERIES``, else :class:`Keys`), swept per chunk (descending if ``REVERSE``).
 
     ``chunks[b, j]``: the state of all terms of chunk ``j``. ``tiles[b, n]`` (if
-    ``STORE_TILES``): the state of the terms of the tiles of ``n``'s chunk swept before
-    ``n``. Both ``(B, n, 3, D)`` float32.
+    ``STORE_TILES``, else ``None``): the state of the terms of the tiles of ``n``'s chunk
+    swept before ``n``. Both ``(B, n, 3, D)`` float32.
     """
-    b, chans = _program(D, BLOCK_D)
+    b, chans = program(D, BLOCK_D)
     chunk = tl.program_id(1)
     n_tiles = tl.cdiv(T, BLOCK_T)
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr = _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr,
-                                                                T, D, HK)
-    tiles_ptr += b * n_tiles * 3 * D
+    source = terms_at(source, b * T, D, HK, QUERIES)
+    tiles_ptr = moved(tiles_ptr, b * n_tiles * 3 * D)
     chunks_ptr += b * tl.num_programs(1) * 3 * D
     first = chunk * tiles_per_chunk
     count = tl.minimum(tiles_per_chunk, n_tiles - first)
     cm, ca, cb = online.empty_like(chans)
     for i in range(count):
         if REVERSE:
-            tile = first + count - 1 - i
+            tile_index = first + count - 1 - i
         else:
-            tile = first + i
+            tile_index = first + i
         if STORE_TILES:
-            online.store(tiles_ptr, tile, chans, D, cm, ca, cb)
-        rows = tile * BLOCK_T + tl.arange(0, BLOCK_T) + shift
-        logit, x, y = _terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, rows, chans, T, D, HK,
-                             GROUP, GATED, QUERIES)
+            online.store(tiles_ptr, tile_index, chans, D, cm, ca, cb)
+        rows = tile_index * BLOCK_T + tl.arange(0, BLOCK_T) + shift
+        logit, x, y = terms(source, rows, chans, T, D, HK, GROUP, GATED, QUERIES)
         tm, ta, tb = online.total(logit, x, y)
         cm, ca, cb = online.merge(cm, ca, cb, tm, ta, tb)
     online.store(chunks_ptr, chunk, chans, D, cm, ca, cb)
@@ -245,79 +178,80 @@ def _summary_kernel(
 
 @triton.jit
 def _forward_kernel(
-    q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, lse_ptr, main_chunks, other_tiles, other_chunks,
+    keys, q_ptr, bias_ptr, out_ptr, lse_ptr, summaries,
     T, D, HK, window, band_lo, W, main_shift, other_shift, tiles_per_chunk,
     GROUP: tl.constexpr, CAUSAL: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
     PER_HEAD: tl.constexpr, STORE_LSE: tl.constexpr, PRODUCTS: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """``out = sigmoid(q) * avg`` and (``STORE_LSE``) ``lse``, sweeping the chunk's tiles in
-    ascending order; the band term by term, or (``PRODUCTS``) as tile products."""
-    b, chans = _program(D, BLOCK_D)
+    ascending order; the band term by term, or (``PRODUCTS``) as tile products. ``q`` is
+    ``None`` unless ``GATED``, ``lse`` unless ``STORE_LSE``."""
+    b, chans = program(D, BLOCK_D)
     chunk = tl.program_id(1)
     n_chunks = tl.num_programs(1)
     n_tiles = tl.cdiv(T, BLOCK_T)
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, _ = _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, out_ptr, T, D, HK)
-    other_tiles += b * n_tiles * 3 * D
-    cm, ca, cb, om, oa, ob = _chunk_start(main_chunks + b * n_chunks * 3 * D, other_chunks + b * n_chunks * 3 * D,
+    keys = keys_at(keys, b * T, D, HK)
+    at = b * T * D
+    q_ptr, out_ptr, lse_ptr = moved(q_ptr, at), out_ptr + at, moved(lse_ptr, at)
+    other_tiles = moved(summaries.other_tiles, b * n_tiles * 3 * D)
+    per_chunk = b * n_chunks * 3 * D
+    cm, ca, cb, om, oa, ob = _chunk_start(moved(summaries.main_chunks, per_chunk),
+                                          moved(summaries.other_chunks, per_chunk),
                                           chunk, n_chunks, chans, D, False, CAUSAL, GLOBAL)
     first = chunk * tiles_per_chunk
-    for tile in range(first, tl.minimum(first + tiles_per_chunk, n_tiles)):
-        rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+    for tile_index in range(first, tl.minimum(first + tiles_per_chunk, n_tiles)):
+        rows = tile_index * BLOCK_T + tl.arange(0, BLOCK_T)
         if GLOBAL:
-            m, a, s, cm, ca, cb = _outside(cm, ca, cb, om, oa, ob, other_tiles, tile, rows, main_shift, other_shift,
-                                           q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, out_ptr, chans, T, D, HK,
-                                           GROUP, GATED, False, CAUSAL)
+            m, a, s, cm, ca, cb = _outside(cm, ca, cb, om, oa, ob, other_tiles, tile_index, rows, main_shift,
+                                           other_shift, keys, chans, T, D, HK, GROUP, GATED, False, CAUSAL)
         else:
             m, a, s = online.empty_like(tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32))
         if PRODUCTS:
-            m, a, s = _band_products_forward(m, a, s, k_ptr, v_ptr, bias_ptr, tile * BLOCK_T, chans,
+            m, a, s = _band_products_forward(m, a, s, keys, bias_ptr, tile_index * BLOCK_T, chans,
                                              T, D, HK, window, band_lo, W, GROUP, PRECISION, BLOCK_T)
         else:
             for offset in range(band_lo, window):
-                logit, x, y = _key_terms(k_ptr, v_ptr, rows - offset, chans, T, D, HK, GROUP)
-                bias = _band(bias_ptr, rows, chans, offset - band_lo, T, D, W, GROUP, PER_HEAD)
+                logit, x, y = key_terms(keys, rows - offset, chans, T, D, HK, GROUP)
+                bias = bias_column(bias_ptr, rows, chans, offset - band_lo, T, D, W, GROUP, PER_HEAD)
                 m, a, s = online.push(m, a, s, logit + bias, x, y)
         mask = (rows < T)[:, None] & (chans < D)[None, :]
-        _store_output(q_ptr, out_ptr, lse_ptr, rows[:, None] * D + chans[None, :], mask, m, a, s, GATED, STORE_LSE)
+        store_output(q_ptr, out_ptr, lse_ptr, rows[:, None] * D + chans[None, :], mask, m, a, s, GATED, STORE_LSE)
 
 
 @triton.jit
 def _backward_kernel(
-    q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, lse_ptr, dout_ptr, main_chunks, other_tiles, other_chunks,
-    dq_ptr, dk_ptr, dv_ptr, dbias_ptr,
+    keys, queries, bias_ptr, summaries, grads,
     T, D, HK, window, band_lo, W, main_shift, other_shift, tiles_per_chunk,
     GROUP: tl.constexpr, CAUSAL: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
     PER_HEAD: tl.constexpr, BIAS_GRAD: tl.constexpr, PRODUCTS: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """``dq``, per-channel ``dk`` (``(B, T, D)``), ``dv`` and (atomically) the band gradient,
-    sweeping the chunk's tiles, here *keys* ``t'``, in descending order; the band term by
-    term, or (``PRODUCTS``) as tile products."""
-    b, chans = _program(D, BLOCK_D)
+    """:class:`Gradients`: ``dq``, per-channel ``dk`` (``(B, T, D)``), ``dv`` and (atomically)
+    the band gradient, sweeping the chunk's tiles, here *keys* ``t'``, in descending order;
+    the band term by term, or (``PRODUCTS``) as tile products."""
+    b, chans = program(D, BLOCK_D)
     chunk = tl.program_id(1)
     n_chunks = tl.num_programs(1)
     n_tiles = tl.cdiv(T, BLOCK_T)
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr = _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr,
-                                                                T, D, HK)
-    grads = b * T * D
-    dq_ptr += grads
-    dk_ptr += grads
-    dv_ptr += grads
-    other_tiles += b * n_tiles * 3 * D
-    cm, ca, cb, om, oa, ob = _chunk_start(main_chunks + b * n_chunks * 3 * D, other_chunks + b * n_chunks * 3 * D,
+    keys = keys_at(keys, b * T, D, HK)
+    queries = queries_at(queries, b * T, D)
+    grads = gradients_at(grads, b * T, D)
+    other_tiles = moved(summaries.other_tiles, b * n_tiles * 3 * D)
+    per_chunk = b * n_chunks * 3 * D
+    cm, ca, cb, om, oa, ob = _chunk_start(moved(summaries.main_chunks, per_chunk),
+                                          moved(summaries.other_chunks, per_chunk),
                                           chunk, n_chunks, chans, D, True, CAUSAL, GLOBAL)
     first = chunk * tiles_per_chunk
     count = tl.minimum(tiles_per_chunk, n_tiles - first)
     for i in range(count):
-        tile = first + count - 1 - i
-        rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
-        key = _tile(k_ptr, rows, chans // GROUP, T, HK, NEG)
-        value = _tile(v_ptr, rows, chans, T, D, 0.0)
+        tile_index = first + count - 1 - i
+        rows = tile_index * BLOCK_T + tl.arange(0, BLOCK_T)
+        key = tile(keys.k, rows, chans // GROUP, T, HK, NEG)
+        value = tile(keys.v, rows, chans, T, D, 0.0)
         if GLOBAL:
-            m, a, s, cm, ca, cb = _outside(cm, ca, cb, om, oa, ob, other_tiles, tile, rows, main_shift, other_shift,
-                                           q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, chans, T, D, HK,
-                                           GROUP, GATED, True, CAUSAL)
+            m, a, s, cm, ca, cb = _outside(cm, ca, cb, om, oa, ob, other_tiles, tile_index, rows, main_shift,
+                                           other_shift, queries, chans, T, D, HK, GROUP, GATED, True, CAUSAL)
             scale = tl.exp(key + m)
             dv = scale * a
             dk = scale * (value * a - s)
@@ -325,24 +259,23 @@ def _backward_kernel(
             dv = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
             dk = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
         if PRODUCTS:
-            dk, dv = _band_products_backward(dk, dv, key, value, q_ptr, out_ptr, lse_ptr, dout_ptr, bias_ptr, dbias_ptr,
-                                             tile * BLOCK_T, chans, T, D, window, band_lo, W,
-                                             GATED, BIAS_GRAD, PRECISION, BLOCK_T)
+            dk, dv = _band_products_backward(dk, dv, key, value, queries, bias_ptr, grads.bias, tile_index * BLOCK_T,
+                                             chans, T, D, window, band_lo, W, GATED, BIAS_GRAD, PRECISION, BLOCK_T)
         else:
             for offset in range(band_lo, window):
-                queries = rows + offset
-                neg_lse, d_avg, delta = _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, queries, chans, T, D, GATED)
+                query_rows = rows + offset
+                neg_lse, d_avg, delta = query_terms(queries, query_rows, chans, T, D, GATED)
                 col = offset - band_lo
-                p = tl.exp(key + _band(bias_ptr, queries, chans, col, T, D, W, GROUP, PER_HEAD) + neg_lse)
-                dk, dv, r = _add_band_term(dk, dv, p, value, d_avg, delta)
+                p = tl.exp(key + bias_column(bias_ptr, query_rows, chans, col, T, D, W, GROUP, PER_HEAD) + neg_lse)
+                dk, dv, r = add_band_term(dk, dv, p, value, d_avg, delta)
                 if BIAS_GRAD:
                     if PER_HEAD:
-                        tl.atomic_add(dbias_ptr + chans * W + col, tl.sum(r, 0), mask=chans < D)
+                        tl.atomic_add(grads.bias + chans * W + col, tl.sum(r, 0), mask=chans < D)
                     else:
-                        tl.atomic_add(dbias_ptr + queries * W + col, tl.sum(r, 1), mask=(queries >= 0) & (queries < T))
+                        tl.atomic_add(grads.bias + query_rows * W + col, tl.sum(r, 1),
+                                      mask=(query_rows >= 0) & (query_rows < T))
         mask = (rows < T)[:, None] & (chans < D)[None, :]
-        _store_gradients(q_ptr, out_ptr, dout_ptr, dq_ptr, dk_ptr, dv_ptr, rows[:, None] * D + chans[None, :], mask,
-                         dk, dv, GATED)
+        store_gradients(queries, grads, rows[:, None] * D + chans[None, :], mask, dk, dv, GATED)
 
 
 # ------------------------------------------------------------- the band as tile products
@@ -384,37 +317,37 @@ def _any(mask):
 
 
 @triton.jit
-def _band_products_forward(m, a, s, k_ptr, v_ptr, bias_ptr, first, chans, T, D, HK, window, band_lo, W,
+def _band_products_forward(m, a, s, keys, bias_ptr, first, chans, T, D, HK, window, band_lo, W,
                            GROUP: tl.constexpr, PRECISION: tl.constexpr, BLOCK_T: tl.constexpr):
     """Merge the band terms of rows ``first + arange(BLOCK_T)`` into their states ``(m, a, s)``,
     one key tile at a time: ``den = exp(w - r) @ exp(K - k)``, ``num = exp(w - r) @ (exp(K - k) V)``
     at shift ``r + k``, or term by term where ``den < MIN_PRODUCT``."""
     rows = first + tl.arange(0, BLOCK_T)
     for start in range(tl.maximum(first - window + 1, 0), tl.minimum(first + BLOCK_T - band_lo, T), BLOCK_T):
-        keys = start + tl.arange(0, BLOCK_T)
-        w, inside = _band_tile(bias_ptr, rows[:, None], keys[None, :], T, W, window, band_lo)
+        key_rows = start + tl.arange(0, BLOCK_T)
+        w, inside = _band_tile(bias_ptr, rows[:, None], key_rows[None, :], T, W, window, band_lo)
         ew, row_max = _shifted_rows(w, inside)
-        key = _tile(k_ptr, keys, chans // GROUP, T, HK, NEG)
+        key = tile(keys.k, key_rows, chans // GROUP, T, HK, NEG)
         key_max = tl.max(key, 0)
         ek = tl.exp(key - key_max[None, :])
         den = tl.dot(ew, ek, input_precision=PRECISION)
         if _any((den < MIN_PRODUCT) & (row_max > NEG)[:, None] & (chans < D)[None, :]):
-            m, a, s = _pair_terms_forward(m, a, s, k_ptr, v_ptr, bias_ptr, rows, start, chans, T, D, HK,
+            m, a, s = _pair_terms_forward(m, a, s, keys, bias_ptr, rows, start, chans, T, D, HK,
                                           window, band_lo, W, GROUP, BLOCK_T)
         else:
-            num = tl.dot(ew, ek * _tile(v_ptr, keys, chans, T, D, 0.0), input_precision=PRECISION)
+            num = tl.dot(ew, ek * tile(keys.v, key_rows, chans, T, D, 0.0), input_precision=PRECISION)
             m, a, s = online.merge(m, a, s, row_max[:, None] + key_max[None, :], den, num)
     return m, a, s
 
 
 @triton.jit
-def _pair_terms_forward(m, a, s, k_ptr, v_ptr, bias_ptr, rows, start, chans, T, D, HK, window, band_lo, W,
+def _pair_terms_forward(m, a, s, keys, bias_ptr, rows, start, chans, T, D, HK, window, band_lo, W,
                         GROUP: tl.constexpr, BLOCK_T: tl.constexpr):
     """Push the band terms of ``rows`` with keys ``start + arange(BLOCK_T)`` onto their states
     ``(m, a, s)`` one by one."""
     for j in range(BLOCK_T):
         key = start + j + tl.arange(0, 1)
-        logit, x, y = _key_terms(k_ptr, v_ptr, key, chans, T, D, HK, GROUP)  # (1, BLOCK_D)
+        logit, x, y = key_terms(keys, key, chans, T, D, HK, GROUP)  # (1, BLOCK_D)
         w, inside = _band_tile(bias_ptr, rows, key, T, W, window, band_lo)  # (BLOCK_T,)
         keep = inside.to(tl.float32)[:, None]
         m, a, s = online.push(m, a, s, logit + w[:, None], x * keep, y * keep)
@@ -422,8 +355,7 @@ def _pair_terms_forward(m, a, s, k_ptr, v_ptr, bias_ptr, rows, start, chans, T, 
 
 
 @triton.jit
-def _band_products_backward(dk, dv, key, value, q_ptr, out_ptr, lse_ptr, dout_ptr, bias_ptr, dbias_ptr, first,
-                            chans, T, D, window, band_lo, W,
+def _band_products_backward(dk, dv, key, value, queries, bias_ptr, dbias_ptr, first, chans, T, D, window, band_lo, W,
                             GATED: tl.constexpr, BIAS_GRAD: tl.constexpr, PRECISION: tl.constexpr,
                             BLOCK_T: tl.constexpr):
     """Add the band's share to ``dk, dv`` of keys ``first + arange(BLOCK_T)`` (and to the band
@@ -433,18 +365,18 @@ def _band_products_backward(dk, dv, key, value, q_ptr, out_ptr, lse_ptr, dout_pt
         dw = exp(w - r) ((G e) @ (exp(K - k) V)^T - (delta e) @ exp(K - k)^T)
 
     or term by term where ``r + k - lse > MAX_EXPONENT``."""
-    keys = first + tl.arange(0, BLOCK_T)
+    key_rows = first + tl.arange(0, BLOCK_T)
     key_max = tl.max(key, 0)
     ek = tl.exp(key - key_max[None, :])
     for start in range(tl.maximum(first + band_lo, 0), tl.minimum(first + BLOCK_T + window - 1, T), BLOCK_T):
-        queries = start + tl.arange(0, BLOCK_T)
-        w, inside = _band_tile(bias_ptr, queries[:, None], keys[None, :], T, W, window, band_lo)
+        query_rows = start + tl.arange(0, BLOCK_T)
+        w, inside = _band_tile(bias_ptr, query_rows[:, None], key_rows[None, :], T, W, window, band_lo)
         ew, row_max = _shifted_rows(w, inside)
-        neg_lse, d_avg, delta = _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, queries, chans, T, D, GATED)
+        neg_lse, d_avg, delta = query_terms(queries, query_rows, chans, T, D, GATED)
         exponent = row_max[:, None] + key_max[None, :] + neg_lse
         if _any((exponent > MAX_EXPONENT) & (row_max > NEG)[:, None] & (chans < D)[None, :]):
-            dk, dv = _pair_terms_backward(dk, dv, key, value, q_ptr, out_ptr, lse_ptr, dout_ptr, bias_ptr, dbias_ptr,
-                                          keys, start, chans, T, D, window, band_lo, W, GATED, BIAS_GRAD, BLOCK_T)
+            dk, dv = _pair_terms_backward(dk, dv, key, value, queries, bias_ptr, dbias_ptr, key_rows, start,
+                                          chans, T, D, window, band_lo, W, GATED, BIAS_GRAD, BLOCK_T)
         else:
             scale = tl.exp(exponent)
             g, e = d_avg * scale, delta * scale
@@ -455,24 +387,23 @@ def _band_products_backward(dk, dv, key, value, q_ptr, out_ptr, lse_ptr, dout_pt
             if BIAS_GRAD:
                 dw = ew * (tl.dot(g, tl.trans(ek * value), input_precision=PRECISION)
                            - tl.dot(e, tl.trans(ek), input_precision=PRECISION))
-                offset = queries[:, None] - keys[None, :]
-                tl.atomic_add(dbias_ptr + queries[:, None] * W + (offset - band_lo), dw, mask=inside)
+                offset = query_rows[:, None] - key_rows[None, :]
+                tl.atomic_add(dbias_ptr + query_rows[:, None] * W + (offset - band_lo), dw, mask=inside)
     return dk, dv
 
 
 @triton.jit
-def _pair_terms_backward(dk, dv, key, value, q_ptr, out_ptr, lse_ptr, dout_ptr, bias_ptr, dbias_ptr, keys, start,
-                         chans, T, D, window, band_lo, W,
-                         GATED: tl.constexpr, BIAS_GRAD: tl.constexpr, BLOCK_T: tl.constexpr):
+def _pair_terms_backward(dk, dv, key, value, queries, bias_ptr, dbias_ptr, key_rows, start, chans, T, D,
+                         window, band_lo, W, GATED: tl.constexpr, BIAS_GRAD: tl.constexpr, BLOCK_T: tl.constexpr):
     """The band's share from queries ``start + arange(BLOCK_T)``, term by term."""
     for j in range(BLOCK_T):
         query = start + j + tl.arange(0, 1)
-        neg_lse, d_avg, delta = _query_terms(q_ptr, out_ptr, lse_ptr, dout_ptr, query, chans, T, D, GATED)  # (1, BLOCK_D)
-        w, inside = _band_tile(bias_ptr, query, keys, T, W, window, band_lo)  # (BLOCK_T,)
+        neg_lse, d_avg, delta = query_terms(queries, query, chans, T, D, GATED)  # (1, BLOCK_D)
+        w, inside = _band_tile(bias_ptr, query, key_rows, T, W, window, band_lo)  # (BLOCK_T,)
         p = tl.where(inside[:, None], tl.exp(key + w[:, None] + neg_lse), 0.0)
-        dk, dv, r = _add_band_term(dk, dv, p, value, d_avg, delta)
+        dk, dv, r = add_band_term(dk, dv, p, value, d_avg, delta)
         if BIAS_GRAD:
-            tl.atomic_add(dbias_ptr + query * W + (query - keys - band_lo), tl.sum(r, 1), mask=inside)
+            tl.atomic_add(dbias_ptr + query * W + (query - key_rows - band_lo), tl.sum(r, 1), mask=inside)
     return dk, dv
 
 
@@ -500,20 +431,6 @@ class Band:
     def width(self) -> int:
         """``W``, the band's number of columns (offsets)."""
         return max(self.window - self.lo, 0)
-
-
-@dataclass(frozen=True)
-class Blocks:
-    """Launch shape: ``t`` rows per tile, ``d`` channels per program, row ``chunks`` swept
-    in parallel per channel block (``None``: enough to fill the device), ``warps``, and
-    whether a band over positions (AFT-local) is summed as ``t x t`` tile ``products``
-    (``tl.dot``; ``t, d >= 16``) rather than term by term."""
-
-    t: int = 32
-    d: int = 32
-    chunks: int | None = None
-    warps: int = 4
-    products: bool = False
 
 
 @dataclass(frozen=True)
@@ -583,63 +500,52 @@ def _shifts(band: Band, backward: bool) -> tuple[int, int]:
     return (near, -far) if backward else (-near, far)
 
 
-def _summaries(
-    feeds: tuple[Tensor, ...], D: int, HK: int, band: Band, launch: _Launch, gated: bool, backward: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(main_chunks, other_tiles, other_chunks)`` for a sweep (see ``_summary_kernel``);
-    one the sweep does not need is :func:`_unused`."""
-    v = feeds[2]
-    B, T = v.shape[:2]
-    unused = _unused(v)
-    main_chunks = other_tiles = other_chunks = unused
+def _summaries(v: Tensor, source: Keys | Queries, HK: int, band: Band, launch: _Launch, gated: bool) -> Summaries:
+    """The :class:`Summaries` of the terms of ``source`` for a sweep (see ``_summary_kernel``):
+    the forward pass's (:class:`Keys`) or the backward pass's (:class:`Queries`).
+
+    ``main_chunks`` is filled only with more than one chunk (a single chunk has none before it).
+    """
     if not band.global_connectivity:
-        return main_chunks, other_tiles, other_chunks
+        return Summaries(None, None, None)
+    B, T, D = v.shape
+    backward = isinstance(source, Queries)
     main_shift, other_shift = _shifts(band, backward)
 
     def states(n: int) -> Tensor:
         return v.new_empty(B, n, 3, D, dtype=torch.float32)
 
-    def summarize(tiles: Tensor, chunks: Tensor, shift: int, reverse: bool, store_tiles: bool) -> None:
+    def summarize(tiles: Tensor | None, chunks: Tensor, shift: int, reverse: bool) -> None:
         blocks = launch.blocks
         _summary_kernel[launch.grid](
-            *feeds, tiles, chunks, T, D, HK, shift, launch.tiles_per_chunk,
-            GROUP=D // HK, GATED=gated, QUERIES=backward, REVERSE=reverse, STORE_TILES=store_tiles,
+            source, tiles, chunks, T, D, HK, shift, launch.tiles_per_chunk,
+            GROUP=D // HK, GATED=gated, QUERIES=backward, REVERSE=reverse, STORE_TILES=tiles is not None,
             BLOCK_T=blocks.t, BLOCK_D=blocks.d, num_warps=blocks.warps,
         )
 
+    main_chunks = states(launch.n_chunks)
     if launch.n_chunks > 1:
-        main_chunks = states(launch.n_chunks)
-        summarize(unused, main_chunks, main_shift, backward, False)
-    if not band.causal:
-        other_tiles, other_chunks = states(launch.n_tiles), states(launch.n_chunks)
-        summarize(other_tiles, other_chunks, other_shift, not backward, True)
-    return main_chunks, other_tiles, other_chunks
-
-
-def _unused(v: Tensor) -> Tensor:
-    """A 1-element float32 buffer for a kernel pointer argument that a launch never touches
-    (Triton takes a tensor for every pointer; ``constexpr`` flags switch its use off)."""
-    return v.new_empty(1, dtype=torch.float32)
-
-
-def _device(t: Tensor) -> contextlib.AbstractContextManager:
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+        summarize(None, main_chunks, main_shift, backward)
+    if band.causal:
+        return Summaries(main_chunks, None, None)
+    other_tiles, other_chunks = states(launch.n_tiles), states(launch.n_chunks)
+    summarize(other_tiles, other_chunks, other_shift, not backward)
+    return Summaries(main_chunks, other_tiles, other_chunks)
 
 
 def _forward(
     q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, band: Band, launch: _Launch, store_lse: bool
-) -> tuple[Tensor, Tensor]:
-    """``(out, lse)``; ``lse`` is :func:`_unused` unless ``store_lse``."""
+) -> tuple[Tensor, Tensor | None]:
+    """``(out, lse)``; ``lse`` is ``None`` unless ``store_lse``."""
     B, T, D = v.shape
     HK = k.shape[-1]
     out = torch.empty_like(v)
-    lse = v.new_empty(B, T, D, dtype=torch.float32) if store_lse else _unused(v)
-    gate = v if q is None else q
-    feeds = (gate, k, v, out, lse, out)
-    summaries = _summaries(feeds, D, HK, band, launch, q is not None, backward=False)
+    lse = v.new_empty(B, T, D, dtype=torch.float32) if store_lse else None
+    keys = Keys(k, v)
+    summaries = _summaries(v, keys, HK, band, launch, q is not None)
     blocks = launch.blocks
     _forward_kernel[launch.grid](
-        gate, k, v, bias, out, lse, *summaries,
+        keys, q, bias, out, lse, summaries,
         T, D, HK, band.window, band.lo, band.width, *_shifts(band, False), launch.tiles_per_chunk,
         GROUP=D // HK, CAUSAL=band.causal, GATED=q is not None, GLOBAL=band.global_connectivity,
         PER_HEAD=band.per_head, STORE_LSE=store_lse, PRODUCTS=blocks.products, PRECISION=launch.precision,
@@ -654,30 +560,27 @@ def _backward(
 ) -> tuple[Tensor | None, Tensor, Tensor, Tensor | None]:
     B, T, D = v.shape
     HK = k.shape[-1]
-    gate = v if q is None else q
-    dq = _unused(v) if q is None else torch.empty_like(q)
     dk = torch.empty_like(k) if HK == D else torch.empty(B, T, D, dtype=torch.float32, device=k.device)
-    dv = torch.empty_like(v)
-    dbias = _unused(v)
+    dbias = None
     if bias_grad:  # per channel when per head, summed over each head's channels below
         dbias = torch.zeros(D if band.per_head else T, band.width, dtype=torch.float32, device=v.device)
-    feeds = (gate, k, v, out, lse, dout)
-    summaries = _summaries(feeds, D, HK, band, launch, q is not None, backward=True)
+    grads = Gradients(None if q is None else torch.empty_like(q), dk, torch.empty_like(v), dbias)
+    queries = Queries(q, out, lse, dout)
+    summaries = _summaries(v, queries, HK, band, launch, q is not None)
     blocks = launch.blocks
     _backward_kernel[launch.grid](
-        gate, k, v, bias, out, lse, dout, *summaries, dq, dk, dv, dbias,
+        Keys(k, v), queries, bias, summaries, grads,
         T, D, HK, band.window, band.lo, band.width, *_shifts(band, True), launch.tiles_per_chunk,
         GROUP=D // HK, CAUSAL=band.causal, GATED=q is not None, GLOBAL=band.global_connectivity,
         PER_HEAD=band.per_head, BIAS_GRAD=bias_grad, PRODUCTS=blocks.products, PRECISION=launch.precision,
         BLOCK_T=blocks.t, BLOCK_D=blocks.d, num_warps=blocks.warps,
     )
-    if HK != D:
-        dk = dk.view(B, T, HK, D // HK).sum(-1).to(k.dtype)
-    if not bias_grad:
-        return (None if q is None else dq), dk, dv, None
+    dk = grads.k if HK == D else grads.k.view(B, T, HK, D // HK).sum(-1).to(k.dtype)
+    if dbias is None:
+        return grads.q, dk, grads.v, None
     if band.per_head:
         dbias = dbias.view(HK, D // HK, -1).sum(1)
-    return (None if q is None else dq), dk, dv, dbias.to(bias.dtype)
+    return grads.q, dk, grads.v, dbias.to(bias.dtype)
 
 
 @torch.library.custom_op("aft::triton_banded", mutates_args=())
@@ -687,17 +590,17 @@ def _banded_op(
     bias_grad: bool,
 ) -> tuple[Tensor, Tensor]:
     """``(out, lse)`` of the forward kernels; ``lse`` ``(B, T, D)`` float32 if ``store_lse``
-    (for the backward), else a 1-element placeholder. ``bias_grad`` is for the backward."""
+    (for the backward), else empty. ``bias_grad`` is for the backward."""
     band = Band(window, causal, global_connectivity, per_head)
     launch = _launch(v, Blocks(tile_t, tile_d, chunks, warps, products))
-    with _device(v):
-        return _forward(q, k, v, bias, band, launch, store_lse)
+    with on_device(v):
+        out, lse = _forward(q, k, v, bias, band, launch, store_lse)
+    return out, (v.new_empty(0, dtype=torch.float32) if lse is None else lse)
 
 
 @_banded_op.register_fake
 def _(q, k, v, bias, window, causal, global_connectivity, per_head, tile_t, tile_d, chunks, warps, products, store_lse, bias_grad):
-    lse = v.new_empty(v.shape, dtype=torch.float32) if store_lse else v.new_empty(1, dtype=torch.float32)
-    return torch.empty_like(v), lse
+    return torch.empty_like(v), v.new_empty(v.shape if store_lse else 0, dtype=torch.float32)
 
 
 @torch.library.custom_op("aft::triton_banded_backward", mutates_args=())
@@ -709,7 +612,7 @@ def _banded_backward_op(
     """``(dq, dk, dv, dbias)``: ``dq`` empty without ``q``, ``dbias`` zeros unless ``bias_grad``."""
     band = Band(window, causal, global_connectivity, per_head)
     launch = _launch(v, Blocks(tile_t, tile_d, chunks, warps, products))
-    with _device(v):
+    with on_device(v):
         dq, dk, dv, dbias = _backward(q, k, v, bias, out, lse, dout, band, launch, bias_grad)
     return (dout.new_empty(0) if dq is None else dq), dk, dv, (torch.zeros_like(bias) if dbias is None else dbias)
 

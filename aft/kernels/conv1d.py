@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from aft.kernels.banded import Band, Blocks, banded_aft
+from aft.kernels.banded import Band, banded_aft
+from aft.kernels.common import Blocks
 
 
 def aft_conv1d(
@@ -30,7 +31,7 @@ def aft_conv1d(
         w: ``(H, S)``; ``S`` odd unless causal.
         causal: restrict the sums to ``t' <= t``.
         global_connectivity: ``False`` puts ``-inf`` outside the kernel (§5.3 ablation).
-        blocks: launch shape (:class:`aft.kernels.banded.Blocks`).
+        blocks: launch shape (:class:`aft.kernels.common.Blocks`).
 
     Returns:
         ``(B, T, D)`` in ``v``'s dtype.

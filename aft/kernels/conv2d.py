@@ -25,7 +25,9 @@ a ``(BLOCK_X, BLOCK_D)`` tile, ``BLOCK_X >= X``. It holds an online log-sum-exp 
 * the ``S * S`` box terms ``K + w``, pushed one by one with the exact running maximum.
 
 Nothing ``(YX)^2`` or ``Y X S^2 D`` is formed; every pass reads and writes ``O(Y X D)``
-bytes plus ``O(Y D)`` of row states.
+bytes plus ``O(Y D)`` of row states. The kernels take their arrays as the pointer groups of
+:mod:`aft.kernels.common`, as those of :mod:`aft.kernels.banded` do: the forward pass reads
+:class:`Keys`, the backward pass :class:`Queries` too and writes :class:`Gradients`.
 
 Backward. Autograd keeps the inputs, ``out`` and the float32 ``lse`` ``(B, Y, X, D)``. The
 gradients are those of :mod:`aft.kernels.banded` with ``t = (y, x)``: for key ``t'`` the
@@ -46,19 +48,25 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from aft.kernels import online
-from aft.kernels import MAX_GRID_COLUMNS
-from aft.kernels.banded import (
+from aft.kernels import MAX_GRID_COLUMNS, online
+from aft.kernels.common import (
     Blocks,
-    _at_batch,
-    _band,
-    _device,
-    _program,
-    _store_gradients,
-    _store_output,
-    _terms,
-    _tile,
-    _unused,
+    Gradients,
+    Keys,
+    Queries,
+    add_band_term,
+    bias_column,
+    gradients_at,
+    keys_at,
+    moved,
+    on_device,
+    program,
+    queries_at,
+    store_gradients,
+    store_output,
+    terms,
+    terms_at,
+    tile,
 )
 from aft.kernels.online import NEG
 from aft.ops.library import connect
@@ -67,19 +75,18 @@ from aft.ops.library import connect
 
 
 @triton.jit
-def _row_terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, row, cols, chans, X, D, HK,
+def _row_terms(source, row, cols, chans, X, D, HK,
                GROUP: tl.constexpr, GATED: tl.constexpr, QUERIES: tl.constexpr):
     """Terms at ``(row, cols)`` of one batch element's grid, ``(BLOCK_X, BLOCK_D)``: query
-    terms (backward) or key terms (forward); empty outside ``[0, X)``."""
-    at, at_k = row * X * D, row * X * HK
-    logit, x, y = _terms(q_ptr + at, k_ptr + at_k, v_ptr + at, out_ptr + at, lse_ptr + at, dout_ptr + at,
-                         cols, chans, X, D, HK, GROUP, GATED, QUERIES)
+    terms (``QUERIES``, ``source`` :class:`Queries`) or key terms (:class:`Keys`); empty
+    outside ``[0, X)``."""
+    logit, x, y = terms(terms_at(source, row * X, D, HK, QUERIES), cols, chans, X, D, HK, GROUP, GATED, QUERIES)
     return logit, x, y
 
 
 @triton.jit
-def _outside(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, above_ptr, below_ptr, y, cols, chans,
-             Y, X, D, HK, RADIUS: tl.constexpr, GROUP: tl.constexpr, GATED: tl.constexpr,
+def _outside(source, above_ptr, below_ptr, y, cols, chans, Y, X, D, HK,
+             RADIUS: tl.constexpr, GROUP: tl.constexpr, GATED: tl.constexpr,
              QUERIES: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr):
     """State of the terms outside the box around each ``(y, cols)`` (bias 0), ``(BLOCK_X, BLOCK_D)``.
 
@@ -93,11 +100,9 @@ def _outside(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, above_ptr, below_p
     lm, la, ls = online.empty_like(tl.zeros((BLOCK_X, BLOCK_D), dtype=tl.float32))
     rm, ra, rs = lm, la, ls
     for row in range(tl.maximum(y - RADIUS, 0), tl.minimum(y + RADIUS + 1, Y)):
-        logit, x, v = _row_terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, row, cols - (RADIUS + 1),
-                                 chans, X, D, HK, GROUP, GATED, QUERIES)
+        logit, x, v = _row_terms(source, row, cols - (RADIUS + 1), chans, X, D, HK, GROUP, GATED, QUERIES)
         lm, la, ls = online.push(lm, la, ls, logit, x, v)
-        logit, x, v = _row_terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, row, cols + (RADIUS + 1),
-                                 chans, X, D, HK, GROUP, GATED, QUERIES)
+        logit, x, v = _row_terms(source, row, cols + (RADIUS + 1), chans, X, D, HK, GROUP, GATED, QUERIES)
         rm, ra, rs = online.push(rm, ra, rs, logit, x, v)
     lm, la, ls = tl.associative_scan((lm, la, ls), 0, online.merge)
     rm, ra, rs = tl.associative_scan((rm, ra, rs), 0, online.merge, reverse=True)
@@ -108,16 +113,15 @@ def _outside(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, above_ptr, below_p
 
 @triton.jit
 def _row_totals_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, rows_ptr, Y, X, D, HK,
+    source, rows_ptr, Y, X, D, HK,
     GROUP: tl.constexpr, GATED: tl.constexpr, QUERIES: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """``rows[b, y]``: the state of all terms of grid row ``y``; ``(B, Y, 3, D)`` float32."""
-    b, chans = _program(D, BLOCK_D)
+    """``rows[b, y]``: the state of all terms of grid row ``y`` of ``source`` (:class:`Queries`
+    if ``QUERIES``, else :class:`Keys`); ``(B, Y, 3, D)`` float32."""
+    b, chans = program(D, BLOCK_D)
     y = tl.program_id(1)
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr = _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr,
-                                                                Y * X, D, HK)
-    logit, x, v = _row_terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, y, tl.arange(0, BLOCK_X),
-                             chans, X, D, HK, GROUP, GATED, QUERIES)
+    source = terms_at(source, b * (Y * X), D, HK, QUERIES)
+    logit, x, v = _row_terms(source, y, tl.arange(0, BLOCK_X), chans, X, D, HK, GROUP, GATED, QUERIES)
     m, a, s = online.total(logit, x, v)
     online.store(rows_ptr + b * Y * 3 * D, y, chans, D, m, a, s)
 
@@ -140,7 +144,7 @@ def _exclusive_scan_rows(rows_ptr, states_ptr, Y, chans, D, REVERSE: tl.constexp
 def _row_prefix_kernel(rows_ptr, above_ptr, below_ptr, Y, D, BLOCK_D: tl.constexpr):
     """``above[b, y]``: the state of rows ``< y``; ``below[b, y]``: of rows ``> y``. All
     ``(B, Y, 3, D)`` float32."""
-    b, chans = _program(D, BLOCK_D)
+    b, chans = program(D, BLOCK_D)
     offset = b * Y * 3 * D
     _exclusive_scan_rows(rows_ptr + offset, above_ptr + offset, Y, chans, D, False)
     _exclusive_scan_rows(rows_ptr + offset, below_ptr + offset, Y, chans, D, True)
@@ -148,59 +152,54 @@ def _row_prefix_kernel(rows_ptr, above_ptr, below_ptr, Y, D, BLOCK_D: tl.constex
 
 @triton.jit
 def _forward_kernel(
-    q_ptr, k_ptr, v_ptr, w_ptr, out_ptr, lse_ptr, above_ptr, below_ptr, Y, X, D, HK,
+    keys, q_ptr, w_ptr, out_ptr, lse_ptr, above_ptr, below_ptr, Y, X, D, HK,
     RADIUS: tl.constexpr, GROUP: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
     STORE_LSE: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """``out = sigmoid(q) * avg`` and (``STORE_LSE``) ``lse`` of grid row ``program_id(1)``."""
-    b, chans = _program(D, BLOCK_D)
+    """``out = sigmoid(q) * avg`` and (``STORE_LSE``) ``lse`` of grid row ``program_id(1)``;
+    ``q`` is ``None`` unless ``GATED``, ``lse`` unless ``STORE_LSE``, the row states unless ``GLOBAL``."""
+    b, chans = program(D, BLOCK_D)
     y = tl.program_id(1)
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, _ = _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, out_ptr,
-                                                         Y * X, D, HK)
+    keys = keys_at(keys, b * (Y * X), D, HK)
+    at = b * (Y * X) * D
+    q_ptr, out_ptr, lse_ptr = moved(q_ptr, at), out_ptr + at, moved(lse_ptr, at)
     cols = tl.arange(0, BLOCK_X)
     if GLOBAL:
         row_states = b * Y * 3 * D
-        m, a, s = _outside(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, out_ptr, above_ptr + row_states,
-                           below_ptr + row_states, y, cols, chans, Y, X, D, HK,
+        m, a, s = _outside(keys, above_ptr + row_states, below_ptr + row_states, y, cols, chans, Y, X, D, HK,
                            RADIUS, GROUP, GATED, False, BLOCK_X, BLOCK_D)
     else:
         m, a, s = online.empty_like(tl.zeros((BLOCK_X, BLOCK_D), dtype=tl.float32))
     SIZE: tl.constexpr = 2 * RADIUS + 1
     for row in range(tl.maximum(y - RADIUS, 0), tl.minimum(y + RADIUS + 1, Y)):
         for dx in range(-RADIUS, RADIUS + 1):
-            logit, x, v = _row_terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, out_ptr, row, cols + dx,
-                                     chans, X, D, HK, GROUP, GATED, False)
-            bias = _band(w_ptr, cols, chans, (row - y + RADIUS) * SIZE + dx + RADIUS, X, D, SIZE * SIZE,
-                         GROUP, True)
+            logit, x, v = _row_terms(keys, row, cols + dx, chans, X, D, HK, GROUP, GATED, False)
+            bias = bias_column(w_ptr, cols, chans, (row - y + RADIUS) * SIZE + dx + RADIUS, X, D, SIZE * SIZE,
+                               GROUP, True)
             m, a, s = online.push(m, a, s, logit + bias, x, v)
     mask = (cols < X)[:, None] & (chans < D)[None, :]
-    _store_output(q_ptr, out_ptr, lse_ptr, (y * X + cols)[:, None] * D + chans[None, :], mask, m, a, s, GATED, STORE_LSE)
+    store_output(q_ptr, out_ptr, lse_ptr, (y * X + cols)[:, None] * D + chans[None, :], mask, m, a, s, GATED, STORE_LSE)
 
 
 @triton.jit
 def _backward_kernel(
-    q_ptr, k_ptr, v_ptr, w_ptr, out_ptr, lse_ptr, dout_ptr, above_ptr, below_ptr,
-    dq_ptr, dk_ptr, dv_ptr, dw_ptr, Y, X, D, HK,
+    keys, queries, w_ptr, above_ptr, below_ptr, grads, Y, X, D, HK,
     RADIUS: tl.constexpr, GROUP: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
     W_GRAD: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """``dq``, per-channel ``dk`` (``(B, Y, X, D)``), ``dv`` of the keys of grid row
-    ``program_id(1)`` and (atomically) the per-channel kernel gradient ``(D, S * S)``."""
-    b, chans = _program(D, BLOCK_D)
+    """:class:`Gradients`: ``dq``, per-channel ``dk`` (``(B, Y, X, D)``), ``dv`` of the keys of
+    grid row ``program_id(1)`` and (atomically) the per-channel kernel gradient ``(D, S * S)``."""
+    b, chans = program(D, BLOCK_D)
     y = tl.program_id(1)
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr = _at_batch(b, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr,
-                                                                Y * X, D, HK)
-    grads = b * Y * X * D
-    dq_ptr += grads
-    dk_ptr += grads
-    dv_ptr += grads
+    keys = keys_at(keys, b * (Y * X), D, HK)
+    queries = queries_at(queries, b * (Y * X), D)
+    grads = gradients_at(grads, b * (Y * X), D)
     cols = tl.arange(0, BLOCK_X)
-    key = _tile(k_ptr + y * X * HK, cols, chans // GROUP, X, HK, NEG)
-    value = _tile(v_ptr + y * X * D, cols, chans, X, D, 0.0)
+    key = tile(keys.k + y * X * HK, cols, chans // GROUP, X, HK, NEG)
+    value = tile(keys.v + y * X * D, cols, chans, X, D, 0.0)
     if GLOBAL:
         row_states = b * Y * 3 * D
-        m, a, s = _outside(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, above_ptr + row_states,
-                           below_ptr + row_states, y, cols, chans, Y, X, D, HK,
+        m, a, s = _outside(queries, above_ptr + row_states, below_ptr + row_states, y, cols, chans, Y, X, D, HK,
                            RADIUS, GROUP, GATED, True, BLOCK_X, BLOCK_D)
         scale = tl.exp(key + m)
         dv = scale * a
@@ -211,18 +210,14 @@ def _backward_kernel(
     SIZE: tl.constexpr = 2 * RADIUS + 1
     for row in range(tl.maximum(y - RADIUS, 0), tl.minimum(y + RADIUS + 1, Y)):  # query rows
         for dx in range(-RADIUS, RADIUS + 1):  # queries at x' - dx
-            neg_lse, d_avg, delta = _row_terms(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dout_ptr, row, cols - dx,
-                                               chans, X, D, HK, GROUP, GATED, True)
+            neg_lse, d_avg, delta = _row_terms(queries, row, cols - dx, chans, X, D, HK, GROUP, GATED, True)
             tap = (y - row + RADIUS) * SIZE + dx + RADIUS
-            p = tl.exp(key + _band(w_ptr, cols, chans, tap, X, D, SIZE * SIZE, GROUP, True) + neg_lse)
-            dv += p * d_avg
-            r = p * (d_avg * value - delta)
-            dk += r
+            p = tl.exp(key + bias_column(w_ptr, cols, chans, tap, X, D, SIZE * SIZE, GROUP, True) + neg_lse)
+            dk, dv, r = add_band_term(dk, dv, p, value, d_avg, delta)
             if W_GRAD:
-                tl.atomic_add(dw_ptr + chans * SIZE * SIZE + tap, tl.sum(r, 0), mask=chans < D)
+                tl.atomic_add(grads.bias + chans * SIZE * SIZE + tap, tl.sum(r, 0), mask=chans < D)
     mask = (cols < X)[:, None] & (chans < D)[None, :]
-    _store_gradients(q_ptr, out_ptr, dout_ptr, dq_ptr, dk_ptr, dv_ptr, (y * X + cols)[:, None] * D + chans[None, :],
-                     mask, dk, dv, GATED)
+    store_gradients(queries, grads, (y * X + cols)[:, None] * D + chans[None, :], mask, dk, dv, GATED)
 
 
 # ------------------------------------------------------------------------------ launch
@@ -261,18 +256,18 @@ def _launch(v: Tensor, w: Tensor, global_connectivity: bool, blocks: Blocks) -> 
 
 
 def _row_states(
-    feeds: tuple[Tensor, ...], HK: int, launch: _Launch, gated: bool, queries: bool
-) -> tuple[Tensor, Tensor]:
-    """``(above, below)`` (see ``_row_prefix_kernel``) of the key terms or, ``queries``, the
-    query terms; both :func:`_unused` without global connectivity."""
-    v = feeds[2]
+    v: Tensor, source: Keys | Queries, HK: int, launch: _Launch, gated: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(above, below)`` (see ``_row_prefix_kernel``) of the terms of ``source``: the forward
+    pass's (:class:`Keys`) or the backward pass's (:class:`Queries`); ``None`` without global
+    connectivity."""
     if not launch.global_connectivity:
-        return _unused(v), _unused(v)
+        return None, None
     B, Y, X, D = v.shape
     rows, above, below = (v.new_empty(B, Y, 3, D, dtype=torch.float32) for _ in range(3))
     blocks = launch.blocks
     _row_totals_kernel[launch.grid](
-        *feeds, rows, Y, X, D, HK, GROUP=D // HK, GATED=gated, QUERIES=queries,
+        source, rows, Y, X, D, HK, GROUP=D // HK, GATED=gated, QUERIES=isinstance(source, Queries),
         BLOCK_X=launch.block_x, BLOCK_D=blocks.d, num_warps=blocks.warps,
     )
     _row_prefix_kernel[launch.grid[:1]](rows, above, below, Y, D, BLOCK_D=blocks.d, num_warps=blocks.warps)
@@ -281,17 +276,17 @@ def _row_states(
 
 def _forward(
     q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, launch: _Launch, store_lse: bool
-) -> tuple[Tensor, Tensor]:
-    """``(out, lse)``; ``lse`` is :func:`_unused` unless ``store_lse``."""
+) -> tuple[Tensor, Tensor | None]:
+    """``(out, lse)``; ``lse`` is ``None`` unless ``store_lse``."""
     B, Y, X, D = v.shape
     HK = k.shape[-1]
     out = torch.empty_like(v)
-    lse = v.new_empty(B, Y, X, D, dtype=torch.float32) if store_lse else _unused(v)
-    gate = v if q is None else q
-    above, below = _row_states((gate, k, v, out, lse, out), HK, launch, q is not None, queries=False)
+    lse = v.new_empty(B, Y, X, D, dtype=torch.float32) if store_lse else None
+    keys = Keys(k, v)
+    above, below = _row_states(v, keys, HK, launch, q is not None)
     blocks = launch.blocks
     _forward_kernel[launch.grid](
-        gate, k, v, w, out, lse, above, below, Y, X, D, HK,
+        keys, q, w, out, lse, above, below, Y, X, D, HK,
         RADIUS=launch.radius, GROUP=D // HK, GATED=q is not None, GLOBAL=launch.global_connectivity,
         STORE_LSE=store_lse, BLOCK_X=launch.block_x, BLOCK_D=blocks.d, num_warps=blocks.warps,
     )
@@ -305,23 +300,20 @@ def _backward(
     """``(dq, dk, dv, dw)``; ``dq`` is ``None`` without ``q``, ``dw`` unless ``w_grad``."""
     B, Y, X, D = v.shape
     HK, S = k.shape[-1], w.shape[-1]
-    gate = v if q is None else q
-    dq = _unused(v) if q is None else torch.empty_like(q)
     dk = torch.empty_like(k) if HK == D else k.new_empty(B, Y, X, D, dtype=torch.float32)
-    dv = torch.empty_like(v)
-    dw = v.new_zeros(D, S * S, dtype=torch.float32) if w_grad else _unused(v)
-    feeds = (gate, k, v, out, lse, dout)
-    above, below = _row_states(feeds, HK, launch, q is not None, queries=True)
+    dw = v.new_zeros(D, S * S, dtype=torch.float32) if w_grad else None
+    grads = Gradients(None if q is None else torch.empty_like(q), dk, torch.empty_like(v), dw)
+    queries = Queries(q, out, lse, dout)
+    above, below = _row_states(v, queries, HK, launch, q is not None)
     blocks = launch.blocks
     _backward_kernel[launch.grid](
-        gate, k, v, w, out, lse, dout, above, below, dq, dk, dv, dw, Y, X, D, HK,
+        Keys(k, v), queries, w, above, below, grads, Y, X, D, HK,
         RADIUS=launch.radius, GROUP=D // HK, GATED=q is not None, GLOBAL=launch.global_connectivity,
         W_GRAD=w_grad, BLOCK_X=launch.block_x, BLOCK_D=blocks.d, num_warps=blocks.warps,
     )
-    if HK != D:
-        dk = dk.view(B, Y, X, HK, D // HK).sum(-1).to(k.dtype)
-    dw = dw.view(HK, D // HK, S, S).sum(1).to(w.dtype) if w_grad else None
-    return (None if q is None else dq), dk, dv, dw
+    dk = grads.k if HK == D else grads.k.view(B, Y, X, HK, D // HK).sum(-1).to(k.dtype)
+    dw = None if dw is None else dw.view(HK, D // HK, S, S).sum(1).to(w.dtype)
+    return grads.q, dk, grads.v, dw
 
 
 @torch.library.custom_op("aft::triton_conv2d", mutates_args=())
@@ -330,16 +322,16 @@ def _conv2d_op(
     store_lse: bool, w_grad: bool,
 ) -> tuple[Tensor, Tensor]:
     """``(out, lse)`` of the forward kernels; ``lse`` ``(B, Y, X, D)`` float32 if ``store_lse``,
-    else a 1-element placeholder. ``w_grad`` is for the backward."""
+    else empty. ``w_grad`` is for the backward."""
     launch = _launch(v, w, global_connectivity, Blocks(d=tile_d, warps=warps))
-    with _device(v):
-        return _forward(q, k, v, w, launch, store_lse)
+    with on_device(v):
+        out, lse = _forward(q, k, v, w, launch, store_lse)
+    return out, (v.new_empty(0, dtype=torch.float32) if lse is None else lse)
 
 
 @_conv2d_op.register_fake
 def _(q, k, v, w, global_connectivity, tile_d, warps, store_lse, w_grad):
-    lse = v.new_empty(v.shape, dtype=torch.float32) if store_lse else v.new_empty(1, dtype=torch.float32)
-    return torch.empty_like(v), lse
+    return torch.empty_like(v), v.new_empty(v.shape if store_lse else 0, dtype=torch.float32)
 
 
 @torch.library.custom_op("aft::triton_conv2d_backward", mutates_args=())
@@ -349,7 +341,7 @@ def _conv2d_backward_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(dq, dk, dv, dw)``: ``dq`` empty without ``q``, ``dw`` zeros unless ``w_grad``."""
     launch = _launch(v, w, global_connectivity, Blocks(d=tile_d, warps=warps))
-    with _device(v):
+    with on_device(v):
         dq, dk, dv, dw = _backward(q, k, v, w, out, lse, dout, launch, w_grad)
     return (dout.new_empty(0) if dq is None else dq), dk, dv, (torch.zeros_like(w) if dw is None else dw)
 
@@ -373,7 +365,7 @@ def aft_conv2d(
         w: ``(H, S, S)`` kernel of position biases, ``S`` odd; ``w[h, a, b]`` is the bias
             of key ``(y + a - S//2, x + b - S//2)``.
         global_connectivity: ``False`` puts ``-inf`` outside the kernel (§5.3 ablation).
-        blocks: launch shape (:class:`aft.kernels.banded.Blocks`): only ``d`` channels per
+        blocks: launch shape (:class:`aft.kernels.common.Blocks`): only ``d`` channels per
             program and ``warps`` apply, a tile holds a whole grid row; default
             :func:`default_blocks`.
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from aft.kernels.banded import Band, banded_aft
+from aft.kernels.common import Blocks
 from aft.ops.casting import FactorizedBias, autocast_off, upcast
-from aft.kernels.banded import Band, Blocks, banded_aft
 
 _ROW_BLOCK = 64  # rows per block of the factorized band product
 
@@ -36,7 +37,7 @@ def aft_local(
         w: ``(T, T)`` dense bias, or factors ``(u, v)``, each ``(T, d')``, of ``w = u v^T``.
         window: the local window size ``s >= 1``.
         causal: restrict the sums to ``t' <= t``.
-        blocks: launch shape (:class:`aft.kernels.banded.Blocks`).
+        blocks: launch shape (:class:`aft.kernels.common.Blocks`).
         band_products: by default, sum the band as tile products (see :func:`default_blocks`).
 
     Returns:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from aft.kernels.banded import Band, Blocks, banded_aft
+from aft.kernels.banded import Band, banded_aft
+from aft.kernels.common import Blocks
 
 
 def aft_simple(
@@ -21,7 +22,7 @@ def aft_simple(
     Args:
         q, k, v: ``(B, T, D)``; ``q=None`` drops the query gate.
         causal: restrict the sums to ``t' <= t``.
-        blocks: launch shape (:class:`aft.kernels.banded.Blocks`).
+        blocks: launch shape (:class:`aft.kernels.common.Blocks`).
 
     Returns:
         ``(B, T, D)`` in ``v``'s dtype.

@@ -10,6 +10,7 @@ the kernels run compiled at real sizes against the float64 PyTorch path of aft.f
 
 from __future__ import annotations
 
+import ast
 from functools import partial
 import os
 import re
@@ -65,7 +66,7 @@ def test_interpreted_kernels() -> None:
 
 def _blocks(t: int = 8, d: int = 8, chunks: int = 2, products: bool = False):
     """A launch shape (imported lazily: Triton)."""
-    from aft.kernels.banded import Blocks
+    from aft.kernels.common import Blocks
 
     return Blocks(t=t, d=d, chunks=chunks, products=products)
 
@@ -391,3 +392,52 @@ def test_kernel_path_compiles_whole() -> None:
     x = _randn(B, 12, 16, seed=1).float()
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x), layer(x))
+
+
+# ------------------------------------------------------------------------------- layout
+
+
+def test_kernel_modules_share_helpers_through_common() -> None:
+    """No kernel module imports another's private names (what they share is public in
+    aft.kernels.common), and none imports the PyTorch path: of aft.ops, only its leaf
+    modules casting and library."""
+    for path in sorted((Path(__file__).resolve().parents[2] / "aft" / "kernels").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                assert not [a.name for a in node.names if a.name.startswith("aft.")], (path.name, ast.unparse(node))
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("aft"):
+                allowed = node.module.startswith("aft.kernels") or node.module in ("aft.ops.casting", "aft.ops.library")
+                assert allowed, (path.name, node.module)
+                assert not [a.name for a in node.names if a.name.startswith("_")], (path.name, ast.unparse(node))
+
+
+@pytest.mark.skipif(INTERPRETED, reason="records the compiled kernels' launches")
+def test_forward_launches_take_only_forward_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forward pass that no backward follows hands its kernels real arrays only: no
+    1-element placeholder (an ``lse`` not stored, a state buffer not read) and no array in
+    two roles (``v`` for an absent gate, ``out`` for the backward's ``dout``). The launches
+    are recorded, not run."""
+    triton = pytest.importorskip("triton")
+    from aft.kernels.common import Blocks
+
+    launches: list[tuple[str, tuple]] = []
+    monkeypatch.setattr(triton.runtime.jit.JITFunction, "run",
+                        lambda self, *args, grid, warmup, **kwargs: launches.append((self.__name__, args)))
+
+    def tensors(args: object) -> list[Tensor]:
+        if isinstance(args, tuple):
+            return [t for arg in args for t in tensors(arg)]
+        return [args] if isinstance(args, Tensor) else []
+
+    k, v = _randn(B, T, D, seed=1).float(), _randn(B, T, D, seed=2).float()
+    u, f = _randn(T, 3, seed=3).float(), _randn(T, 3, seed=4).float()
+    k2, v2, w2 = _randn(B, 3, 4, HEADS, seed=5).float(), _randn(B, 3, 4, D, seed=6).float(), _randn(HEADS, 3, 3, seed=7)
+    with torch.no_grad():
+        kernels.aft_local(None, k, v, (u, f), 5, False, _blocks())
+        kernels.aft_conv2d(None, k2, v2, w2.float(), True, Blocks(d=8))
+    assert {name for name, _ in launches} == {"_summary_kernel", "_forward_kernel", "_row_totals_kernel",
+                                              "_row_prefix_kernel"}
+    for name, args in launches:
+        given = tensors(args)
+        assert all(t.numel() > 1 for t in given), name
+        assert len({t.data_ptr() for t in given}) == len(given), name
