@@ -1,8 +1,9 @@
 """How the command-line entry points (``train.py``, ``eval.py``) report a user's mistake.
 
 A user error (a wrong config key or value, a missing file, bad data, a damaged checkpoint, a
-diverged run) ends the command with one line ``error: <what and how to fix it>`` on stderr and
-exit status 1; any other exception is a defect of the code and keeps its traceback.
+diverged run, an optional part that is not installed) ends the command with one line
+``error: <what and how to fix it>`` on stderr and exit status 1; any other exception is a defect
+of the code and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from contextlib import contextmanager
 
 from hydra.errors import InstantiationException
 
+from aft.extras import MissingExtraError
 from aft.training.checkpoint import CheckpointError
 from aft.training.trainer import NonFiniteLossError
 from data.base import DataError
 
-USER_ERRORS = (ValueError, FileNotFoundError, DataError, CheckpointError, NonFiniteLossError)
+USER_ERRORS = (ValueError, FileNotFoundError, DataError, CheckpointError, NonFiniteLossError, MissingExtraError)
 
 
 def root_cause(error: BaseException) -> BaseException:

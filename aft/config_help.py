@@ -6,7 +6,8 @@ no one runs; these resolvers list the groups under ``configs/`` without it.
 
 from __future__ import annotations
 
-from aft.experiments import CONFIG_DIR, experiment_names
+from aft.experiments import experiment_names
+from aft.resources import config_dir
 
 HIDDEN_GROUPS = ("experiment", "experiment/base", "hydra")  # experiments are listed apart
 
@@ -18,9 +19,10 @@ def experiments_text() -> str:
 
 def groups_text() -> str:
     """``group: option, ...`` per config group under ``configs/``, one per line."""
+    root = config_dir()
     lines = []
-    for folder in sorted(p for p in CONFIG_DIR.rglob("*") if p.is_dir()):
-        group = folder.relative_to(CONFIG_DIR).as_posix()
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
+        group = folder.relative_to(root).as_posix()
         options = sorted(f.stem for f in folder.glob("*.yaml"))
         if options and not group.startswith(HIDDEN_GROUPS):
             lines.append(f"{group}: {', '.join(options)}")

@@ -8,20 +8,19 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from functools import cache
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from aft.resources import config_dir, initialize_configs
 
 
 def experiment_names() -> list[str]:
     """Sorted names of ``configs/experiment/*.yaml`` (``base/`` holds shared parts, not experiments)."""
-    return sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
+    return sorted(path.stem for path in (config_dir() / "experiment").glob("*.yaml"))
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -36,7 +35,7 @@ def compose_experiment(name: str, overrides: Sequence[str] = ()) -> DictConfig:
 
 @cache
 def _compose(overrides: tuple[str, ...]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+    with initialize_configs():
         return compose(config_name="train", overrides=list(overrides))
 
 

@@ -4,8 +4,11 @@ and read back the training objective the run logged.
 A run folder holds ``.hydra/config.yaml`` (the composed config, interpolations such as
 ``${oc.env:AFT_DATA_ROOT,./datasets}`` unresolved), ``.hydra/hydra.yaml`` (which experiment was
 chosen), ``metrics.jsonl`` (the trainer's log) and ``checkpoints/last.pt``. ``eval.py`` and the
-figure scripts read trained models through these functions; every mistake in the path or the
-overrides raises a one-line error that names the fix.
+figure scripts read trained models through these functions. Overrides of the saved config are
+Hydra's, as ``train.py``'s are of its configs: the saved config is registered in Hydra's config
+store (:func:`register_saved_config`) and Hydra composes it with the overrides (``key=value``
+replaces a key and refuses a misspelt one, ``+key=value`` adds one, ``~key`` removes one). A wrong
+path or a value that cannot be resolved here raises a one-line error that names the fix.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+from hydra import compose, initialize
+from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
@@ -24,7 +28,7 @@ from aft.training import checkpoint as ckpt
 from aft.training.logger import read_metrics
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
-_ABSENT = object()
+SAVED_GROUP, SAVED_NAME = "run_config", "saved"  # the saved config in Hydra's config store (configs/eval.yaml)
 
 
 def locate(path: Path) -> tuple[Path, Path]:
@@ -41,60 +45,59 @@ def locate(path: Path) -> tuple[Path, Path]:
     return path, checkpoint
 
 
-def load_config(run_dir: Path, overrides: Sequence[str]) -> tuple[DictConfig, str]:
-    """The run's config, resolved in this environment, with ``overrides`` applied, and the experiment name.
-
-    ``key=value`` replaces a key of the saved config (a misspelt key is an error), ``+key=value``
-    adds one. Values are parsed as YAML (``data.eval_image_size=384`` is an int).
-    """
+def saved_config(run_dir: Path) -> DictConfig:
+    """The config ``run_dir`` was trained with, as ``train.py`` saved it (interpolations unresolved)."""
     config_file = run_dir / CONFIG_FILE
     if not config_file.exists():
         raise FileNotFoundError(f"{config_file} is missing: {run_dir} is not a train.py run folder")
-    cfg = OmegaConf.load(config_file)
-    for item in overrides:
-        _apply_override(cfg, item, config_file)
-    _resolve(cfg, config_file)
+    return OmegaConf.load(config_file)
+
+
+def register_saved_config(run_dir: Path | None) -> None:
+    """Store ``run_dir``'s saved config in Hydra's config store as ``run_config/saved`` (package
+    ``_global_``), where ``configs/eval.yaml`` composes it; ``None`` stores an empty config."""
+    node = OmegaConf.create() if run_dir is None else saved_config(run_dir)
+    ConfigStore.instance().store(group=SAVED_GROUP, name=SAVED_NAME, node=node, package="_global_")
+
+
+def compose_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The run's saved config composed by Hydra with ``overrides``, resolved in this environment."""
+    register_saved_config(run_dir)
+    with initialize(config_path=None, version_base=None):
+        cfg = compose(config_name=f"{SAVED_GROUP}/{SAVED_NAME}", overrides=list(overrides))
+    return resolve(cfg, run_dir)
+
+
+def experiment_name(run_dir: Path) -> str:
+    """The experiment the run was launched with (``.hydra/hydra.yaml``), ``"default"`` if none is recorded."""
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
-    experiment = "default"
-    if hydra_file.exists():
-        choices = OmegaConf.load(hydra_file).hydra.runtime.choices
-        experiment = choices.get("experiment") or "default"
-    return cfg, experiment
-
-
-def _apply_override(cfg: DictConfig, item: str, config_file: Path) -> None:
-    key, sep, value = item.partition("=")
-    add = key.startswith("+")
-    key = key.removeprefix("+")
-    if not sep or not key:
-        raise ValueError(f"override {item!r} is not key=value (e.g. data.eval_image_size=384)")
-    if not add and _raw_value(cfg, key) is _ABSENT:
-        raise ValueError(f"override {item!r}: {config_file} has no key {key}; check its spelling, or add it with +{item}")
-    OmegaConf.update(cfg, key, yaml.safe_load(value), force_add=True)
+    if not hydra_file.exists():
+        return "default"
+    return OmegaConf.load(hydra_file).hydra.runtime.choices.get("experiment") or "default"
 
 
 def _raw_value(cfg: DictConfig, key: str) -> Any:
-    """The value at dotted ``key`` as written, interpolations unresolved; ``_ABSENT`` if there is none."""
+    """The value at dotted ``key`` as written, interpolations unresolved."""
     node: Any = OmegaConf.to_container(cfg, resolve=False)
     for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _ABSENT
         node = node[part]
     return node
 
 
-def _resolve(cfg: DictConfig, config_file: Path) -> None:
-    """Resolve every interpolation in place; one that cannot be resolved names its key and the fix."""
+def resolve(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """Resolve every interpolation of ``cfg`` (the run's config) in place and return it; one that
+    cannot be resolved here names its key and the fix."""
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as error:
         key = error.full_key
         reason = str(error).splitlines()[0]
         raise ValueError(
-            f"{config_file}: {key}: {_raw_value(cfg, key)} cannot be resolved here ({reason}): set the environment variable, "
-            f"or pass the override {key}=<value>"
+            f"{run_dir / CONFIG_FILE}: {key}: {_raw_value(cfg, key)} cannot be resolved here ({reason}): set the environment "
+            f"variable, or pass the override {key}=<value>"
         ) from None
     OmegaConf.resolve(cfg)
+    return cfg
 
 
 def load_weights(model: nn.Module, checkpoint: Path, weights: str = "model") -> dict[str, Any]:
@@ -104,7 +107,7 @@ def load_weights(model: nn.Module, checkpoint: Path, weights: str = "model") -> 
     state = ckpt.load(checkpoint)
     fix = "drop the model.* overrides, or give the checkpoint of this config's run"
     if weights != "model":
-        fix = "evaluate the raw weights (--weights model), or train with trainer.ema_decay"
+        fix = "evaluate the raw weights (weights=model), or train with trainer.ema_decay"
     ckpt.load_weights(model, state, checkpoint, fix, key=weights)
     return state
 
@@ -112,7 +115,7 @@ def load_weights(model: nn.Module, checkpoint: Path, weights: str = "model") -> 
 def load_model(path: Path, overrides: Sequence[str] = ()) -> tuple[nn.Module, DictConfig]:
     """The trained model of a run folder or checkpoint file (CPU, eval mode) and its config."""
     run_dir, checkpoint = locate(path)
-    cfg, _ = load_config(run_dir, overrides)
+    cfg = compose_run_config(run_dir, overrides)
     model = instantiate(cfg.model)
     load_weights(model, checkpoint)
     return model.eval(), cfg

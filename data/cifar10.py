@@ -23,6 +23,7 @@ import numpy as np
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import download_and_extract_archive
 
+from aft.extras import require
 from data.base import DataError, file_record, not_found
 from data.pixel_sequence import PixelSequenceDataModule
 
@@ -65,7 +66,7 @@ def read_batches(root: Path, download: bool, verify_md5: bool) -> tuple[dict[str
 
 def read_parquet(root: Path, cache_dir: str | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Images per split from a Hugging Face parquet copy under ``root`` and the record of the files read."""
-    import datasets  # deferred: only this source needs it
+    datasets = require("datasets", "data.source=parquet")  # deferred: only this source needs it
 
     files = {split: sorted(root.glob(f"**/{split}-*.parquet")) for split in SPLITS}
     for split, paths in files.items():

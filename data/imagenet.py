@@ -32,6 +32,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from timm.data.readers.img_extensions import get_img_extensions
 from torch.utils.data import Dataset, Sampler
 
+from aft.extras import require
 from data.base import DataError, DataModule, not_found, seed_for
 
 HOW_TO_GET = "get ILSVRC2012 from https://image-net.org (train/ and val/ with one folder per synset)"
@@ -238,6 +239,7 @@ class ImageNet(DataModule):
                 "data.root",
                 "get the Hugging Face copy from https://huggingface.co/datasets/ILSVRC/imagenet-1k",
             )
+        require("datasets", "data.source=parquet")  # timm's hfds reader imports it
         datasets = {
             split: create_dataset(f"hfds/{root.resolve()}", root=cache_dir, split=hf_split)
             for split, hf_split in HF_SPLITS.items()

@@ -1,4 +1,8 @@
-"""Evaluation over whole splits (every target once, summed over ranks) and inference speed."""
+"""Evaluation over whole splits (every target once, summed over ranks) and inference speed.
+
+A whole-split evaluation shows a progress bar on rank 0 when its stderr is a terminal (tqdm),
+as training does; periodic evaluations during training show none.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from aft.training.distributed import DistInfo, all_reduce_sum
 
@@ -44,18 +49,22 @@ def evaluate(
     dist: DistInfo,
     precision: str = "fp32",
     max_batches: int | None = None,
+    progress: str | None = None,
 ) -> dict[str, Any]:
     """Mean loss (nats) and, for images, top-1/top-5 (%) over this rank's shard, summed over ranks.
 
     For ``task="lm"`` every masked target counts once, so over a whole split the mean is per
     byte / sub-pixel and ``bits = loss / ln 2`` is bpc or bits/dim. ``max_batches`` limits a
-    periodic evaluation during training (``complete`` is then False).
+    periodic evaluation during training (``complete`` is then False). ``progress`` labels a
+    progress bar over the batches (rank 0, a terminal only); None shows none.
     """
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=dist.device)  # loss sum, count, top1, top5
     complete = True
-    for i, batch in enumerate(loader):
+    show = progress is not None and dist.is_main
+    bar = tqdm(loader, desc=progress, unit="batch", leave=False, dynamic_ncols=True, disable=None if show else True)
+    for i, batch in enumerate(bar):
         if max_batches is not None and i >= max_batches:
             complete = False
             break
@@ -73,6 +82,7 @@ def evaluate(
                 top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
                 totals[2] += (top5[:, 0] == labels).sum()
                 totals[3] += (top5 == labels[:, None]).any(dim=-1).sum()
+    bar.close()
     all_reduce_sum(totals)
     model.train(was_training)
     loss_sum, count, top1, top5 = totals.tolist()

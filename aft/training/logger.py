@@ -13,6 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from aft.extras import require
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -79,7 +81,7 @@ def _init_wandb(run_dir: Path, mode: str, project: str, name: str | None, config
             "logger.wandb_mode=online needs wandb credentials: run `wandb login` or set WANDB_API_KEY, "
             "or use logger.wandb_mode=offline (sync later with `wandb sync`)"
         )
-    import wandb
+    wandb = require("wandb", f"logger.wandb_mode={mode}")
 
     id_file = run_dir / "wandb_id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]

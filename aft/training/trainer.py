@@ -406,7 +406,8 @@ def _log_eval(
 ) -> dict[str, Any]:
     """Evaluate ``split`` (``limit`` evenly spaced samples, or all) and log it as ``<name>_<metric>``."""
     loader = data.eval_dataloader(split, cfg.trainer.eval_batch_size, dist.rank, dist.world_size, limit=limit)
-    result = evaluate(model, loader, data.task, dist, cfg.trainer.precision)
+    label = None if limit is not None else name or split  # a bar over whole splits only
+    result = evaluate(model, loader, data.task, dist, cfg.trainer.precision, progress=label)
     result["complete"] = limit is None
     if logger is not None:
         logger.log(step, {f"{name or split}_{key}": value for key, value in result.items()})

@@ -12,7 +12,7 @@ from aft.ops.naive import aft_dense, conv1d_bias, conv2d_bias, local_bias
 
 reference_aft = partial(aft_dense, dtype=torch.float64)  # Eq. 2 by the naive reference, in float64
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 B, T, D = 2, 512, 64
 

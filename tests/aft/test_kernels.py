@@ -31,8 +31,25 @@ from aft.ops.naive import aft_dense, conv1d_bias, local_bias
 reference_aft = partial(aft_dense, dtype=torch.float64)  # Eq. 2 by the naive reference, in float64
 
 INTERPRETED = kernels.interpreting()
-interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs under TRITON_INTERPRET=1 in test_interpreted_kernels")
-on_cuda = pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _marks(*marks: pytest.MarkDecorator) -> Callable[[Callable], Callable]:
+    """One decorator that applies ``marks``."""
+
+    def apply(test: Callable) -> Callable:
+        for mark in marks:
+            test = mark(test)
+        return test
+
+    return apply
+
+
+# The markers select them: python -m pytest -m cuda on a GPU, -m "not interpreter" to leave out the slow CPU runs.
+interpreted = _marks(
+    pytest.mark.interpreter,
+    pytest.mark.skipif(not INTERPRETED, reason="runs under TRITON_INTERPRET=1 in test_interpreted_kernels"),
+)
+on_cuda = _marks(pytest.mark.cuda, pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs a CUDA device"))
 
 B, T, D, HEADS = 1, 21, 8, 4  # 3 tiles of 8 rows in 2 chunks: the interpreter's cost grows with B T D
 Case = tuple[Callable[..., Tensor], Callable[..., Tensor], list[Tensor]]
@@ -56,6 +73,7 @@ def run_interpreted(test_file: str, min_passed: int) -> None:
     assert passed and int(passed.group(1)) >= min_passed, result.stdout[-2000:]
 
 
+@pytest.mark.interpreter
 def test_interpreted_kernels() -> None:
     """This file under the Triton interpreter."""
     run_interpreted(__file__, min_passed=60)

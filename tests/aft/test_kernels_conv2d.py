@@ -34,6 +34,7 @@ CASES = {
 }
 
 
+@pytest.mark.interpreter
 def test_interpreted_kernels() -> None:
     """This file under the Triton interpreter."""
     run_interpreted(__file__, min_passed=18)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aft.provenance import REVISION_ENV, code_revision, provenance
+from aft.provenance import REVISION_ENV, code_revision, command_line, provenance
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git command")
 
@@ -43,5 +44,15 @@ def test_unknown_outside_a_checkout_and_the_override(tmp_path: Path, monkeypatch
 
 def test_provenance_fields() -> None:
     record = provenance(torch.device("cpu"))
-    assert set(record) == {"command", "commit", "device", "torch", "created"}
+    assert set(record) == {"command", "commit", "version", "device", "torch", "created"}
     assert record["torch"] == torch.__version__ and "CPU" in record["device"]
+    assert record["version"] == importlib.metadata.version("aft")
+
+
+def test_the_command_as_typed(tmp_path: Path) -> None:
+    installed = tmp_path / "bin" / "aft-eval"  # a console script of an installed package
+    installed.parent.mkdir()
+    installed.write_text("#!/usr/bin/env python\n")
+    assert command_line([str(installed), "run=runs/x"]) == "aft-eval run=runs/x"
+    assert command_line(["eval.py", "run=runs/x"]) == "python eval.py run=runs/x"
+    assert command_line(["-c", "x"]) == "python -c x"

@@ -47,6 +47,7 @@ def test_bench_ops_records_every_operator_at_every_length(tmp_path: Path) -> Non
     assert record["bandwidth"] is None  # copy bandwidth is a CUDA measurement
 
 
+@pytest.mark.interpreter
 def test_bench_ops_times_each_kernel_variant_where_the_kernels_run(tmp_path: Path) -> None:
     """Under Triton's interpreter the kernels run on the CPU: every AFT op appears as
     ``[triton]`` and ``[torch]``, AFT-local also as ``[triton products]``."""

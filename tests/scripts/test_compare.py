@@ -1,4 +1,4 @@
-"""scripts/compare.py joins the paper's numbers with eval.py records, with all, some or no runs;
+"""compare.py (aft/commands/compare.py) joins the paper's numbers with eval.py records, with all, some or no runs;
 a record counts for a paper row only when its config is the row's experiment config."""
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
+from aft.commands import compare
 from aft.experiments import compose_experiment
-from tests.scripts.scripts import load_script
-
-compare = load_script("compare.py")
 PAPER = Path(__file__).resolve().parents[2] / "results" / "paper_tables.csv"
 ENWIK8 = "enwik8_aft_local32_l24_d256"
 K15 = "imagenet_aft_conv_small_k15_h384"

@@ -1,4 +1,4 @@
-"""scripts/rehearse.py: its shrinking keeps what defines each experiment, its CI subset covers every
+"""rehearse.py (aft/commands/rehearse.py): its shrinking keeps what defines each experiment, its CI subset covers every
 table and code path, its checks catch a broken resume; and (``AFT_REHEARSAL=1``) the CI subset's
 whole lives, run as CI runs them."""
 
@@ -14,10 +14,10 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from aft.commands import rehearse
 from aft.experiments import build_on_meta, compose_experiment, count_parameters, experiment_names
-from tests.scripts.scripts import load_script
 
-rehearse = load_script("rehearse.py")
+ROOT = Path(__file__).resolve().parents[2]
 
 # What defines a row: kept exactly by the shrink (lengths and sizes may change).
 DEFINING = (
@@ -100,8 +100,8 @@ def test_resume_check_accepts_the_same_curve_and_names_the_first_changed_step(tm
 @pytest.mark.skipif(os.environ.get("AFT_REHEARSAL") != "1", reason="~12 min: AFT_REHEARSAL=1 runs the CI subset")
 @pytest.mark.timeout(1500)
 def test_ci_subset_lives_whole() -> None:
-    command = [sys.executable, str(rehearse.ROOT / "scripts" / "rehearse.py"), "--ci"]
-    result = subprocess.run(command, cwd=rehearse.ROOT, capture_output=True, text=True, timeout=1500)
+    command = [sys.executable, str(ROOT / "scripts" / "rehearse.py"), "--ci"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
     lines = [line for line in result.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
     assert result.returncode == 0, "\n".join(line for line in lines if line.startswith("FAIL")) or result.stderr[-3000:]
     assert len([line for line in lines if line.startswith("PASS")]) >= 10

@@ -1,4 +1,5 @@
-"""scripts/sweep.py and scripts/sweep_tables.yaml: one multirun per table, the tables as in the CSV."""
+"""scripts/sweep.py and its tables (aft/commands/sweep.py, sweep_tables.yaml): one multirun per table, the
+tables as in the CSV."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from aft.commands import sweep
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-import sweep  # noqa: E402
 
 EVALUATED_NOT_TRAINED = {"imagenet_aft_conv_small_k15_h384_eval384"}  # eval.py on the kernel-15 run (§5.3)
 
@@ -54,10 +55,10 @@ def test_a_table_lists_the_csvs_experiments_in_order(csv_table: str) -> None:
 def test_dry_run_prints_one_shell_quoted_multirun() -> None:
     lines = dry_run("table5", "data.root=/data/my enwik8", "trainer.micro_batch_size=8")
     command = shlex.split(lines[1])  # the printed line must round-trip through the shell
-    assert command[:4] == ["python", "train.py", "-m", "hydra/launcher=slurm_v100"]
-    assert command[4] == "hydra.sweep.dir=runs/sweeps/table5-${now:%Y-%m-%d_%H-%M-%S}"  # one record folder per sweep
-    assert command[5] == "experiment=" + ",".join(paper_experiments("5"))
-    root, micro = OverridesParser.create().parse_overrides(command[6:])  # one-value sweeps of the same values
+    assert command[:5] == ["python", "-m", "aft.commands.train", "-m", "hydra/launcher=slurm_v100"]  # python train.py
+    assert command[5] == "hydra.sweep.dir=runs/sweeps/table5-${now:%Y-%m-%d_%H-%M-%S}"  # one record folder per sweep
+    assert command[6] == "experiment=" + ",".join(paper_experiments("5"))
+    root, micro = OverridesParser.create().parse_overrides(command[7:])  # one-value sweeps of the same values
     assert (root.key_or_group, list(root.sweep_iterator())) == ("data.root", ["/data/my enwik8"])
     assert (micro.key_or_group, list(micro.sweep_iterator())) == ("trainer.micro_batch_size", [8])
     assert lines[2] == "job 0: experiment=enwik8_aft_simple_l24_d256 'data.root=/data/my enwik8' trainer.micro_batch_size=8"

@@ -61,7 +61,7 @@ def test_main_command_trains_loss_falls_and_evaluates(tmp_path: Path) -> None:
     assert {"valid_bits", "test_bits"} <= {k for r in records for k in r}
     out = tmp_path / "records"
     result = subprocess.run(
-        [sys.executable, "eval.py", str(run), "--splits", "test", "--speed", "--speed-batch-size", "4", "--out", str(out)],
+        [sys.executable, "eval.py", f"run={run}", "splits=[test]", "speed=true", "speed_batch_size=4", f"out={out}"],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,0 +1,112 @@
+"""Train the rows of one table of the paper: one Hydra multirun over the table's experiments.
+
+The tables' rows are data, ``sweep_tables.yaml`` beside this module (table -> experiments, sweeps
+expanded). From the folder that is to hold ``runs/``, with the environment active,
+
+    python scripts/sweep.py table5 --dry-run                 # print the command and the jobs (aft-sweep, installed)
+    python scripts/sweep.py table5 data.root=/data/enwik8    # submit, wait, exit 0 iff every job finished
+    python scripts/sweep.py table7 hydra.launcher.partition=a100 hydra.launcher.gpus_per_node=4
+
+runs ``python -m aft.commands.train -m hydra/launcher=slurm_v100 hydra.sweep.dir=runs/sweeps/<table>-<time>
+experiment=<a>,<b>,... <overrides>`` (what ``python train.py`` runs; the launcher needs ``aft[slurm]``):
+one Slurm job per experiment through hydra-submitit-launcher
+(configs/hydra/launcher/slurm_v100.yaml, the paper's 8 x V100 node; ``hydra.launcher.*`` changes
+the node shape; ``hydra/launcher=<other>`` replaces it). Each job trains in the folder a single
+``python train.py experiment=<a> <overrides>`` would use, ``runs/<a>[-<hash>]`` (aft/run_name.py),
+so an experiment shared by two tables trains once and a relaunched sweep resumes. Each sweep's
+record (``multirun.yaml``, the submitit logs) stays in its own ``runs/sweeps/<table>-<time>``.
+
+Every other override is passed as a one-value sweep, ``key=choice(value)``: Hydra composes a
+multirun's base config with the sweeps left out (the default experiment, whose data group is not
+the table's), so a plain ``data.split_bytes=...`` would fail there before any job is composed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from aft.experiments import experiment_names
+
+TABLES = Path(__file__).with_name("sweep_tables.yaml")  # package data of aft.commands
+TRAIN = ["-m", "aft.commands.train"]  # python train.py, from any folder
+LAUNCHER = "hydra/launcher=slurm_v100"  # configs/hydra/launcher/slurm_v100.yaml
+
+
+def load_tables(path: Path = TABLES) -> dict[str, dict]:
+    """``{table: {"about": str, "experiments": [entry, ...]}}`` as written in ``path``."""
+    return yaml.safe_load(path.read_text())
+
+
+def expand(entries: Sequence[str | dict]) -> list[str]:
+    """The experiment names of a table's entries: a name, or ``{experiment: pattern, key: values}``."""
+    names: list[str] = []
+    for entry in entries:
+        if isinstance(entry, str):
+            names.append(entry)
+            continue
+        pattern, [(key, values)] = entry["experiment"], [(k, v) for k, v in entry.items() if k != "experiment"]
+        names.extend(pattern.format(**{key: value}) for value in values)
+    return list(dict.fromkeys(names))
+
+
+def table_experiments(table: str, tables: dict[str, dict], path: Path = TABLES) -> list[str]:
+    """The experiments of ``table``; an unknown table or experiment exits with the fix."""
+    if table not in tables:
+        raise SystemExit(f"error: no table {table!r} in {path}: choose one of {', '.join(tables)}")
+    names = expand(tables[table]["experiments"])
+    known = set(experiment_names())
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise SystemExit(f"error: {table} lists {missing}, which have no configs/experiment/<name>.yaml: fix {path}")
+    return names
+
+
+def as_sweep(override: str) -> str:
+    """``key=value`` as the one-value sweep ``key=choice(value)``; Hydra's own and sweeps unchanged."""
+    parsed = OverridesParser.create().parse_overrides([override])[0]
+    if parsed.is_hydra_override() or parsed.is_sweep_override() or parsed.is_delete():
+        return override
+    return f"{parsed.get_key_element()}=choice({parsed.get_value_element_as_str()})"
+
+
+def sweep_command(table: str, experiments: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """The ``train.py`` multirun command line, without the interpreter."""
+    launcher = [] if any(o.startswith("hydra/launcher=") for o in overrides) else [LAUNCHER]
+    return [
+        *TRAIN, "-m", *launcher,
+        f"hydra.sweep.dir=runs/sweeps/{table}-${{now:%Y-%m-%d_%H-%M-%S}}",
+        "experiment=" + ",".join(experiments),
+        *(as_sweep(o) for o in overrides),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python scripts/sweep.py`` / ``aft-sweep``: print the table's multirun and, unless ``--dry-run``, run it."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", help=f"a table of {TABLES.name}: table2 ... table12, sec5.3, sec8")
+    parser.add_argument("--dry-run", action="store_true", help="print the command and the jobs, submit nothing")
+    parser.add_argument("--tables", type=Path, default=TABLES, help="the table file (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job (key=value)")
+    args = parser.parse_intermixed_args(argv)
+    tables = load_tables(args.tables)
+    experiments = table_experiments(args.table, tables, args.tables)
+    command = sweep_command(args.table, experiments, args.overrides)
+    print(f"# {args.table}: {tables[args.table]['about']}; {len(experiments)} jobs")
+    print(shlex.join(["python", *command]))
+    for i, name in enumerate(experiments):
+        print(f"job {i}: " + shlex.join([f"experiment={name}", *args.overrides]))
+    if args.dry_run:
+        return 0
+    return subprocess.run([sys.executable, *command]).returncode
+
+
+if __name__ == "__main__":  # python -m aft.commands.sweep
+    sys.exit(main())
