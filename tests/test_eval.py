@@ -81,7 +81,7 @@ def _tree_status() -> str:
 
 def test_records_go_into_the_run_folder_with_the_config_and_the_training_objective(run: Path) -> None:
     before = _tree_status()
-    result = _eval(f"run={run}", "splits=[test]")
+    result = _eval(f"run={run}", "splits=test")  # one split by name; a list is splits=[valid,test]
     assert result.returncode == 0, result.stderr[-3000:]
     assert _tree_status() == before  # nothing written to the tracked results/
     (path,) = (run / "eval").glob("*.json")

@@ -1,7 +1,7 @@
 """Evaluate a trained run on whole splits and write one JSON record per evaluation: a Hydra app.
 
     python eval.py run=runs/embedded_text_aft_local       # every eval split of the run's data (aft-eval, installed)
-    python eval.py run=runs/<run> splits=[test] speed=true  # + Table 7 inference speed/memory (batch 256)
+    python eval.py run=runs/<run> splits=test speed=true  # + Table 7 inference speed/memory (batch 256)
     python eval.py run=runs/<run>/checkpoints/last.pt data.eval_image_size=384   # AFT-conv at 384 (§5.3)
     python eval.py run=runs/<run> out=results/runs        # a record meant for results/REPORT.md
     python eval.py run=runs/<run> --cfg job               # what would be evaluated, and exit
@@ -85,9 +85,11 @@ def steps_per_epoch(data: Any, cfg: DictConfig) -> int:
     return len(data.train_dataloader(cfg.trainer.batch_size, 0, 1, cfg.seed, 0))
 
 
-def splits(data: Any, asked: Sequence[str] | None) -> list[str]:
-    """``splits``, each one of the data's (its eval splits or ``train``); default: its eval splits."""
+def splits(data: Any, asked: str | Sequence[str] | None) -> list[str]:
+    """``splits`` (one name or a list), each one of the data's (its eval splits or ``train``);
+    default: its eval splits."""
     known = [*data.eval_splits, "train"]
+    asked = [asked] if isinstance(asked, str) else asked
     unknown = [split for split in asked or [] if split not in known]
     if unknown:
         raise ValueError(f"splits=[{','.join(unknown)}]: this run's data has the splits {' '.join(known)}")
