@@ -104,7 +104,7 @@ def test_patch_step_extends_the_selection_lists() -> None:
     assert "FEAT_INTER_FILTERS += ['registry']" in patched and "aft_full_tiny_patch16_224" in patched
 
 
-@pytest.mark.timm_suite  # ~15 min of CPU: deselected by default, `python -m pytest -m timm_suite` runs it
+@pytest.mark.timm_suite  # ~14 min of CPU: deselected by default, `python -m pytest -m timm_suite` runs it
 @pytest.mark.timeout(SUITE_TIMEOUT_S + 600)  # the fetch and the suite (their own limits below)
 def test_timm_model_suite_passes_on_every_registered_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = fetch_timm_tests(tmp_path)
