@@ -39,8 +39,8 @@ from aft.memory import saved_bytes
 
 try:
     import aft_pytorch
-except ImportError:  # pragma: no cover - the script says how to install it
-    sys.exit("error: aft-pytorch is not installed: pip install aft-pytorch==0.2.2")
+except ImportError:  # main() says how to install it, after the arguments (so --help works without it)
+    aft_pytorch = None
 
 
 def pair(variant: str, T: int, D: int, window: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--check-length", type=int, default=128, help="T of the agreement and defect checks")
     add_common_arguments(parser, repeats=3)
     args = parser.parse_args()
+    if aft_pytorch is None:
+        sys.exit("error: aft-pytorch is not installed: pip install aft-pytorch==0.2.2")
     device, B, D = torch.device(args.device), args.batch, args.dim
 
     rows = []
