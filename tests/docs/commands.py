@@ -129,7 +129,7 @@ def block_commands(path: Path, text: str) -> list[Command]:
 def inline_commands(path: Path, text: str) -> list[Command]:
     """``python <script>.py ...`` quoted in running text (outside code blocks), without placeholders."""
     relative = _shown(path)
-    prose = re.sub(r"^\s*(```+|~~~+).*?^\s*\1\s*$", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S | re.M)
+    prose = re.sub(r"^\s*(```+|~~~+).*?^\s*\1\s*$", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.DOTALL | re.MULTILINE)
     commands = []
     for match in _INLINE.finditer(prose):
         span = " ".join(match.group(1).split())
@@ -299,7 +299,7 @@ def _sbatch(args: list[str], env: dict[str, str]) -> None:
 
 
 def _bash_syntax(path: Path) -> None:
-    checked = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    checked = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
     if checked.returncode:
         raise DryRunError(f"bash -n {path}: {checked.stderr}")
 
