@@ -1,6 +1,6 @@
 """2-process runs (torchrun, gloo on the CPU) killed mid-run resume to the uninterrupted run's losses.
 
-One experiment per backbone, shrunk as ``scripts/rehearse.py`` shrinks it, on its tiny real-format
+One experiment per backbone, shrunk as ``aft/commands/rehearse.py`` shrinks it, on its tiny real-format
 files: the enwik8 decoder (dropout 0.1) and an ImageNet AFT-conv ViT (drop-path 0.1, RandAugment,
 random erasing, Mixup/CutMix, repeated augmentation) reading with ``data.num_workers=2``. torchrun
 and every worker are SIGKILLed at once (``rehearse.kill_tree``: the workers run in sessions of their
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from aft.commands import rehearse
 from aft.experiments import compose_experiment
-from tests.scripts.scripts import load_script
 
-rehearse = load_script("rehearse.py")
+ROOT = Path(__file__).resolve().parents[2]
 
 EXPERIMENTS = ("enwik8_aft_local32_l24_d256", "imagenet_aft_conv_small_k7_h384")
 
@@ -26,7 +26,7 @@ EXPERIMENTS = ("enwik8_aft_local32_l24_d256", "imagenet_aft_conv_small_k7_h384")
 def torchrun(name: str, fixtures) -> list[str]:
     overrides = rehearse.experiment_overrides(compose_experiment(name), fixtures)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    return [*launcher, str(rehearse.ROOT / "train.py"), f"experiment={name}", *overrides]
+    return [*launcher, str(ROOT / "train.py"), f"experiment={name}", *overrides]
 
 
 @pytest.fixture(scope="module")
