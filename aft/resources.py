@@ -36,7 +36,7 @@ def checkout() -> Path | None:
 def project_path(relative: str) -> Path:
     """The repository's file or folder ``relative`` (``configs``, ``results/paper_tables.csv``):
     the checkout's own, or the installed package's copy."""
-    return (_PACKAGE if installed() else _PACKAGE.parent) / relative
+    return (checkout() or _PACKAGE) / relative
 
 
 def config_dir() -> Path:
