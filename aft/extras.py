@@ -28,4 +28,6 @@ def require(module: str, purpose: str) -> ModuleType:
     except ModuleNotFoundError as error:
         if error.name is None or error.name.split(".")[0] != top:
             raise  # the module is there but one of its own imports is broken: a defect, with its traceback
-        raise MissingExtraError(f"{purpose} needs {top}, which is not installed: pip install 'aft[{EXTRAS[top]}]'") from None
+        raise MissingExtraError(
+            f"{purpose} needs {top}, which is not installed: pip install 'aft[{EXTRAS[top]}]'"
+        ) from None

@@ -132,7 +132,9 @@ class AFTLocal(AFTLayer):
         backend: ops.Backend = "auto",
     ) -> None:
         if not 0 <= window <= seq_len:
-            raise ValueError(f"window={window} must be in [0, seq_len={seq_len}]: set model.mixer.window <= model.seq_len")
+            raise ValueError(
+                f"window={window} must be in [0, seq_len={seq_len}]: set model.mixer.window <= model.seq_len"
+            )
         super().__init__(dim, dim, causal, use_query, backend)
         self.seq_len, self.window = seq_len, window
         self.position_bias = _position_bias(seq_len, bias_dim)
@@ -223,7 +225,9 @@ class AFTConv1d(_AFTConv):
         gumbel_tau: float | None = None,
         backend: ops.Backend = "auto",
     ) -> None:
-        super().__init__(dim, heads, kernel_size, 1, causal, reparam, global_connectivity, use_query, gumbel_tau, backend)
+        super().__init__(
+            dim, heads, kernel_size, 1, causal, reparam, global_connectivity, use_query, gumbel_tau, backend
+        )
         self.window = kernel_size
 
     def forward(self, x: Tensor) -> Tensor:
@@ -252,7 +256,9 @@ class AFTConv2d(_AFTConv):
         gumbel_tau: float | None = None,
         backend: ops.Backend = "auto",
     ) -> None:
-        super().__init__(dim, heads, kernel_size, 2, False, reparam, global_connectivity, use_query, gumbel_tau, backend)
+        super().__init__(
+            dim, heads, kernel_size, 2, False, reparam, global_connectivity, use_query, gumbel_tau, backend
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, Y, X, D) -> (B, Y, X, D)``."""

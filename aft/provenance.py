@@ -22,7 +22,9 @@ import torch
 
 from aft.resources import checkout
 
-REVISION_ENV = "AFT_CODE_REVISION"  # set it where the code is a copy without .git (a device machine, an installed package)
+REVISION_ENV = (
+    "AFT_CODE_REVISION"  # set it where the code is a copy without .git (a device machine, an installed package)
+)
 DISTRIBUTION = "aft"  # pyproject.toml's project name
 
 

@@ -183,16 +183,18 @@ class ImageNet(DataModule):
         )
         self.label_smoothing = label_smoothing
         self.repeated_aug = repeated_aug
-        train_transform = with_safe_posterize(create_transform(
-            image_size,
-            is_training=True,
-            auto_augment=auto_augment,
-            color_jitter=color_jitter,
-            re_prob=re_prob,
-            re_mode=re_mode,
-            re_count=re_count,
-            interpolation=interpolation,
-        ))
+        train_transform = with_safe_posterize(
+            create_transform(
+                image_size,
+                is_training=True,
+                auto_augment=auto_augment,
+                color_jitter=color_jitter,
+                re_prob=re_prob,
+                re_mode=re_mode,
+                re_count=re_count,
+                interpolation=interpolation,
+            )
+        )
         self.eval_transform = create_transform(
             self.eval_image_size, is_training=False, interpolation=interpolation, crop_pct=self.eval_crop_pct
         )

@@ -86,7 +86,9 @@ def measure(
     x = torch.randn(B, T, D, device=device, requires_grad=True)
     results, runs = {}, {}
     for name, layer in layers.items():
-        results[name] = attempt(lambda layer=layer: dict(zip(("memory_bytes", "memory_kind"), memory(layer, x, device))))
+        results[name] = attempt(
+            lambda layer=layer: dict(zip(("memory_bytes", "memory_kind"), memory(layer, x, device)))
+        )
         if "skipped" not in results[name]:
             runs[name] = partial(_forward_backward, layer, x)
     timed = attempt(lambda: {"seconds": alternating_medians(runs, repeats, device)})
@@ -163,7 +165,9 @@ def main() -> None:
         if theirs_row is None or "skipped" in theirs_row:
             print(f"  {variant:<7} aft-pytorch did not run: {theirs_row and theirs_row['skipped']}")
             continue
-        ours_row = next(r for r in rows if r["variant"] == variant and r["package"] == "ours" and r["T"] == theirs_row["T"])
+        ours_row = next(
+            r for r in rows if r["variant"] == variant and r["package"] == "ours" and r["T"] == theirs_row["T"]
+        )
         if "skipped" not in ours_row:
             print(
                 f"  {variant:<7} T={theirs_row['T']:<5} x{theirs_row['fwd_bwd_seconds'] / ours_row['fwd_bwd_seconds']:.2f} "
@@ -171,6 +175,7 @@ def main() -> None:
                 f"outputs agree to {theirs_row['max_abs_difference']:.1e}"
             )
     write_record(args.out, device, aft_pytorch="0.2.2", rows=rows, defects=defects)
+
 
 if __name__ == "__main__":
     main()

@@ -211,7 +211,7 @@ def _speeds(group: list[Case], repeats: int, device: torch.device, compile_mode:
                 built["compiled_skipped"] = compiled["skipped"]
         results.append(built)
     timed = attempt(lambda: {"seconds": alternating_medians(steps, repeats, device)})
-    for (i, key) in steps:
+    for i, key in steps:
         results[i].update({key: 1.0 / timed["seconds"][i, key]} if "seconds" in timed else timed)
     steps.clear()
     _release(device)
@@ -254,11 +254,15 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     groups: dict[tuple, list[int]] = {}
     for i, case in enumerate(measured):
         groups.setdefault((case.shape, case.seq_len), []).append(i)
-        rows.append({"shape": case.shape, "mixer": case.mixer, "T": case.seq_len, "depth": case.depth, "batch": case.batch})
+        rows.append(
+            {"shape": case.shape, "mixer": case.mixer, "T": case.seq_len, "depth": case.depth, "batch": case.batch}
+        )
     for members in groups.values():
         group = [measured[i] for i in members]
         memories = [_alone(case, device, partial(measure_memory, device=device)) for case in group]
-        for i, memory, speed in zip(members, memories, _speeds(group, args.repeats, device, args.compile_mode), strict=True):
+        for i, memory, speed in zip(
+            members, memories, _speeds(group, args.repeats, device, args.compile_mode), strict=True
+        ):
             rows[i].update(memory)
             rows[i].update(speed)
             print(json.dumps(rows[i]), flush=True)
@@ -301,7 +305,9 @@ def summarize(rows: list[dict]) -> str:
         for name in dict.fromkeys(r["mixer"] for r in sweep):
             have = {r["T"]: r["memory_bytes"] for r in sweep if r["mixer"] == name}
             if lengths[0] in have and lengths[-1] in have:
-                lines.append(f"  {name:<14} x{have[lengths[-1]] / have[lengths[0]]:.1f} for x{lengths[-1] // lengths[0]} T")
+                lines.append(
+                    f"  {name:<14} x{have[lengths[-1]] / have[lengths[0]]:.1f} for x{lengths[-1] // lengths[0]} T"
+                )
     return "\n".join(lines)
 
 
@@ -309,14 +315,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4, help="sequences per step (the paper used 32/128 over 8 GPUs)")
     parser.add_argument("--sweep", type=int, nargs="*", default=[1024, 4096, 16384])
-    parser.add_argument("--compile-mode", default=None, help="also time torch.compile(model, mode=...) steps beside the "
-                        "eager ones: default, reduce-overhead (CUDA graphs) or max-autotune")
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        help="also time torch.compile(model, mode=...) steps beside the "
+        "eager ones: default, reduce-overhead (CUDA graphs) or max-autotune",
+    )
     add_common_arguments(parser, repeats=5)
     args = parser.parse_args()
     device = torch.device(args.device)
     rows = run(args, device)
     print(summarize(rows))
     write_record(args.out, device, paper=PAPER, rows=rows)
+
 
 if __name__ == "__main__":
     main()

@@ -179,8 +179,11 @@ def bandwidth_rows(args: argparse.Namespace, device: torch.device) -> dict:
 
     B, T, D = args.bandwidth_shape
     copy = copy_bandwidth(device)
-    ops = {name: op for name, op in build_ops(T, D, args.heads, args.bias_dim, device).items()
-           if name.startswith(("aft_simple[", "aft_local_w32["))}
+    ops = {
+        name: op
+        for name, op in build_ops(T, D, args.heads, args.bias_dim, device).items()
+        if name.startswith(("aft_simple[", "aft_local_w32["))
+    }
     g = torch.Generator(device="cpu").manual_seed(1)
     inputs = tuple(torch.randn(B, T, D, generator=g).to(device).requires_grad_() for _ in range(3))
     rows = []
@@ -194,11 +197,21 @@ def bandwidth_rows(args: argparse.Namespace, device: torch.device) -> dict:
         for kind, step in passes.items():
             ms = triton.testing.do_bench(step, return_mode="median")
             nbytes = MIN_TENSORS[kind] * B * T * D * 4
-            row = {"op": name, "pass": kind, "shape": [B, T, D], "seconds": ms * 1e-3, "min_bytes": nbytes,
-                   "bytes_per_second": nbytes / (ms * 1e-3), "copy_fraction": nbytes / (ms * 1e-3) / copy}
+            row = {
+                "op": name,
+                "pass": kind,
+                "shape": [B, T, D],
+                "seconds": ms * 1e-3,
+                "min_bytes": nbytes,
+                "bytes_per_second": nbytes / (ms * 1e-3),
+                "copy_fraction": nbytes / (ms * 1e-3) / copy,
+            }
             rows.append(row)
-            print(f"{name:<22} {kind:<8} {ms:8.3f} ms  {row['bytes_per_second'] / 1e12:5.2f} TB/s  "
-                  f"{row['copy_fraction']:6.1%} of copy", flush=True)
+            print(
+                f"{name:<22} {kind:<8} {ms:8.3f} ms  {row['bytes_per_second'] / 1e12:5.2f} TB/s  "
+                f"{row['copy_fraction']:6.1%} of copy",
+                flush=True,
+            )
         del out, grad
         torch.cuda.empty_cache()
     print(f"copy bandwidth {copy / 1e12:.2f} TB/s (read + write)")
@@ -225,8 +238,10 @@ def summarize(rows: list[dict]) -> str:
             reference = f"attention_sdpa_h8{BIDIRECTIONAL}" if BIDIRECTIONAL in n else "attention_sdpa_h8"
             ref = by.get((reference, T))
             if (n, T) in by and ref is not None and n != reference:
-                parts.append(f"{n}: {by[(n, T)]['seconds'] / ref['seconds']:.2f}x time, "
-                             f"{by[(n, T)]['saved_bytes'] / ref['saved_bytes']:.2f}x mem")
+                parts.append(
+                    f"{n}: {by[(n, T)]['seconds'] / ref['seconds']:.2f}x time, "
+                    f"{by[(n, T)]['saved_bytes'] / ref['saved_bytes']:.2f}x mem"
+                )
         lines.append(f"  T={T}: " + "; ".join(parts))
     lines.append(f"growth from T={lengths[0]} to T={lengths[-1]} ({lengths[-1] / lengths[0]:g}x T):")
     for n in names:
@@ -247,8 +262,14 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8, help="attention heads and AFT-conv heads")
     parser.add_argument("--bias-dim", type=int, default=64, help="d' of the factorized AFT-local bias")
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
-    parser.add_argument("--bandwidth-shape", type=int, nargs=3, default=[4, 16384, 1024], metavar=("B", "T", "D"),
-                        help="shape of the copy-bandwidth comparison (CUDA only)")
+    parser.add_argument(
+        "--bandwidth-shape",
+        type=int,
+        nargs=3,
+        default=[4, 16384, 1024],
+        metavar=("B", "T", "D"),
+        help="shape of the copy-bandwidth comparison (CUDA only)",
+    )
     add_common_arguments(parser, repeats=3)
     args = parser.parse_args()
     rows = run(args)
@@ -256,6 +277,7 @@ def main() -> None:
     bandwidth = bandwidth_rows(args, torch.device(args.device)) if args.device.startswith("cuda") else None
     config = {k: v for k, v in vars(args).items() if k != "out"}
     write_record(args.out, torch.device(args.device), config=config, rows=rows, bandwidth=bandwidth)
+
 
 if __name__ == "__main__":
     main()

@@ -93,8 +93,17 @@ def models(package: ModuleType, args: argparse.Namespace) -> dict[str, tuple[nn.
         found[name] = (Decoder(mixer, vocab_size=256, seq_len=T, depth=args.depth, dim=D), tokens)
     torch.manual_seed(0)
     conv = partial(layers.AFTConv2d, heads=args.heads, kernel_size=7)
-    vit = ViT(conv, img_size=args.image_size, patch_size=4, num_classes=10, depth=args.depth, dim=D,
-              class_token=False, position_embedding=False, spatial_mixer=True)
+    vit = ViT(
+        conv,
+        img_size=args.image_size,
+        patch_size=4,
+        num_classes=10,
+        depth=args.depth,
+        dim=D,
+        class_token=False,
+        position_embedding=False,
+        spatial_mixer=True,
+    )
     found["vit_aft_conv2d_k7"] = (vit, images)
     return found
 
@@ -113,7 +122,15 @@ def _row(kind: str, name: str, T: int, seconds: dict[str, float], rev: str, **ex
         f"rerun: {again * 1e3:8.1f} ms   time x{new / old:.2f}  noise x{again / new:.2f}",
         flush=True,
     )
-    return {"kind": kind, "op": name, "T": T, "seconds": seconds, "time_ratio": new / old, "noise_ratio": again / new, **extra}
+    return {
+        "kind": kind,
+        "op": name,
+        "T": T,
+        "seconds": seconds,
+        "time_ratio": new / old,
+        "noise_ratio": again / new,
+        **extra,
+    }
 
 
 def main() -> None:
@@ -136,14 +153,18 @@ def main() -> None:
         old = package_at(args.rev, Path(tmp))
         functional = {args.rev: old.functional, NEW: aft.functional, RERUN: aft.functional}
         for T in args.lengths:
-            versions = {name: build_ops(T, args.dim, args.heads, args.bias_dim, device, module)
-                        for name, module in functional.items()}
+            versions = {
+                name: build_ops(T, args.dim, args.heads, args.bias_dim, device, module)
+                for name, module in functional.items()
+            }
             for op, (_, key_channels) in versions[NEW].items():
                 if op.startswith("attention") or op.endswith("[triton]"):
                     continue
                 inputs = op_inputs(args.batch, T, args.dim, key_channels, device)
                 fns = {name: partial(built[op][0], *inputs) for name, built in versions.items()}
-                seconds = alternating_medians({n: partial(_forward_backward, f) for n, f in fns.items()}, args.repeats, device)
+                seconds = alternating_medians(
+                    {n: partial(_forward_backward, f) for n, f in fns.items()}, args.repeats, device
+                )
                 saved = {name: saved_bytes(fns[name]) for name in (args.rev, NEW)}
                 rows.append(_row("op", op, T, seconds, args.rev, saved_bytes=saved))
         built = {args.rev: models(old, args), NEW: models(aft, args), RERUN: models(aft, args)}
@@ -153,8 +174,17 @@ def main() -> None:
             runs = {v: partial(_train_step, built[v][name][0].to(device), built[v][name][1].to(device)) for v in built}
             seconds = alternating_medians(runs, args.repeats, device)
             rows.append(_row("model", name, x.shape[1] if x.dim() == 2 else x.shape[-1], seconds, args.rev))
-    write_record(args.out, device, rev=args.rev, batch=args.batch, dim=args.dim, rows=rows,
-                 load_average_before=load_before, load_average_after=os.getloadavg(), cpu_count=os.cpu_count())
+    write_record(
+        args.out,
+        device,
+        rev=args.rev,
+        batch=args.batch,
+        dim=args.dim,
+        rows=rows,
+        load_average_before=load_before,
+        load_average_after=os.getloadavg(),
+        cpu_count=os.cpu_count(),
+    )
 
 
 if __name__ == "__main__":

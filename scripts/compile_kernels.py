@@ -60,7 +60,12 @@ class Launch:
 
     @property
     def key(self) -> tuple:
-        return self.kernel.__name__, tuple(self.signature.items()), tuple(sorted(self.constexprs.items())), self.num_warps
+        return (
+            self.kernel.__name__,
+            tuple(self.signature.items()),
+            tuple(sorted(self.constexprs.items())),
+            self.num_warps,
+        )
 
 
 @contextlib.contextmanager
@@ -117,11 +122,16 @@ def compile_launch(launch: Launch, arch: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
-        usage = subprocess.run([str(CUOBJDUMP), "--dump-resource-usage", str(cubin)],
-                               capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run(
+            [str(CUOBJDUMP), "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=True
+        ).stdout
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
-    return {"registers": int(fields["REG"]), "stack_bytes": int(fields["STACK"]),
-            "local_bytes": int(fields["LOCAL"]), "shared_bytes": int(fields["SHARED"]) + compiled.metadata.shared}
+    return {
+        "registers": int(fields["REG"]),
+        "stack_bytes": int(fields["STACK"]),
+        "local_bytes": int(fields["LOCAL"]),
+        "shared_bytes": int(fields["SHARED"]) + compiled.metadata.shared,
+    }
 
 
 def _cuda_like(t: torch.Tensor) -> SimpleNamespace:
@@ -196,7 +206,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10: 90 H100, 80 A100, 70 V100")
     parser.add_argument("--ops", nargs="*", default=None, help=f"a subset of: {', '.join(operators(torch.float32))}")
-    parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], choices=["float32", "float16", "bfloat16"])
+    parser.add_argument(
+        "--dtypes", nargs="*", default=["float32", "bfloat16"], choices=["float32", "float16", "bfloat16"]
+    )
     parser.add_argument("--out", type=Path, help="write the JSON record here (results/bench/...)")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -208,15 +220,21 @@ def main() -> None:
         raise SystemExit(f"unknown --ops {unknown}; choose from {known}")
     rows = []
     for op, launch in record_launches(ops, [getattr(torch, d) for d in args.dtypes]):
-        row = {"op": op, "kernel": f"{launch.kernel.fn.__module__}.{launch.kernel.__name__}",
-               "dtype": next(_pointer_types(tuple(launch.signature.values()))),
-               "constexprs": {k: str(v) for k, v in launch.constexprs.items()}, "num_warps": launch.num_warps}
+        row = {
+            "op": op,
+            "kernel": f"{launch.kernel.fn.__module__}.{launch.kernel.__name__}",
+            "dtype": next(_pointer_types(tuple(launch.signature.values()))),
+            "constexprs": {k: str(v) for k, v in launch.constexprs.items()},
+            "num_warps": launch.num_warps,
+        }
         row.update(compile_launch(launch, args.arch))
         rows.append(row)
         flags = " ".join(f"{k}={v}" for k, v in launch.constexprs.items() if k not in ("GROUP", "RADIUS"))
-        print(f"{op:<38} {launch.kernel.__name__:<20} {row['dtype']:<6} warps={launch.num_warps} "
-              f"regs {row['registers']:>3} stack {row['stack_bytes']:>4} B  shared {row['shared_bytes']:>6} B  {flags}",
-              flush=True)
+        print(
+            f"{op:<38} {launch.kernel.__name__:<20} {row['dtype']:<6} warps={launch.num_warps} "
+            f"regs {row['registers']:>3} stack {row['stack_bytes']:>4} B  shared {row['shared_bytes']:>6} B  {flags}",
+            flush=True,
+        )
     spilled = sum(row["stack_bytes"] > 0 for row in rows)
     print(f"{len(rows)} launches compiled for sm_{args.arch}; {spilled} of them spill registers")
     write_record(args.out, torch.device("cpu"), target=f"sm_{args.arch}", triton=triton.__version__, rows=rows)

@@ -70,7 +70,9 @@ def profile_mixer(factory: MixerFactory, seq_len: int, batch: int, device: torch
         "host_ms": 1e3 * host,
         "step_ms": 1e3 * wall,
         "device_ms" if device.type == "cuda" else "cpu_ms": total / 1e3,
-        "top_ops": [{"op": e.key, "ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total, "calls": e.count} for e in ops],
+        "top_ops": [
+            {"op": e.key, "ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total, "calls": e.count} for e in ops
+        ],
     }
 
 
@@ -90,8 +92,10 @@ def main() -> None:
         row = {"mixer": name, **profile_mixer(factory, shape["seq_len"], args.batch, device, args.top)}
         rows.append(row)
         busy = row.get("device_ms", row.get("cpu_ms"))
-        print(f"== {name}: host {row['host_ms']:.1f} ms to enqueue, step {row['step_ms']:.1f} ms, "
-              f"{'device' if device.type == 'cuda' else 'CPU'} busy {busy:.1f} ms")
+        print(
+            f"== {name}: host {row['host_ms']:.1f} ms to enqueue, step {row['step_ms']:.1f} ms, "
+            f"{'device' if device.type == 'cuda' else 'CPU'} busy {busy:.1f} ms"
+        )
         for op in row["top_ops"]:
             print(f"   {op['ms']:8.2f} ms {op['share']:6.1%} {op['calls']:5d}x  {op['op'][:90]}")
     write_record(args.out, device, shape=args.shape, batch=args.batch, depth=DEPTH, dim=DIM, rows=rows)

@@ -29,17 +29,41 @@ from aft.kernels.common import Blocks
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Blocks], torch.Tensor]
 # (operators, (B, T, D), launch shapes (t, d, chunks, warps[, products])); chunks None: fill the device
 SWEEPS = [
-    (("simple_causal", "local32_causal"), (4, 16384, 1024),
-     [(32, 32, None, 4), (32, 32, 1, 4), (64, 32, 1, 4), (32, 16, 1, 4), (16, 32, 1, 2),
-      (64, 64, 2, 8), (32, 64, 2, 4), (64, 16, 1, 4), (32, 16, 2, 4)]),
-    (("simple_causal", "local32_causal"), (4, 16384, 256),
-     [(32, 16, None, 4), (32, 16, 2, 4), (64, 16, None, 4), (32, 32, None, 4)]),
+    (
+        ("simple_causal", "local32_causal"),
+        (4, 16384, 1024),
+        [
+            (32, 32, None, 4),
+            (32, 32, 1, 4),
+            (64, 32, 1, 4),
+            (32, 16, 1, 4),
+            (16, 32, 1, 2),
+            (64, 64, 2, 8),
+            (32, 64, 2, 4),
+            (64, 16, 1, 4),
+            (32, 16, 2, 4),
+        ],
+    ),
+    (
+        ("simple_causal", "local32_causal"),
+        (4, 16384, 256),
+        [(32, 16, None, 4), (32, 16, 2, 4), (64, 16, None, 4), (32, 32, None, 4)],
+    ),
     (("simple", "local32", "local256_causal"), (4, 16384, 1024), [(32, 32, None, 4), (32, 16, 1, 4)]),
     # AFT-local's band as tile products (Blocks.products), against the term-by-term default above
     # (larger tiles spill hundreds of bytes of registers in float32: scripts/compile_kernels.py)
-    (("local32_causal", "local32", "local256_causal"), (4, 16384, 1024),
-     [(32, 32, None, 8, True), (32, 32, None, 4, True), (16, 32, None, 4, True), (16, 32, None, 8, True),
-      (32, 16, None, 4, True), (32, 32, 1, 8, True)]),
+    (
+        ("local32_causal", "local32", "local256_causal"),
+        (4, 16384, 1024),
+        [
+            (32, 32, None, 8, True),
+            (32, 32, None, 4, True),
+            (16, 32, None, 4, True),
+            (16, 32, None, 8, True),
+            (32, 16, None, 4, True),
+            (32, 32, 1, 8, True),
+        ],
+    ),
 ]
 
 
@@ -77,8 +101,12 @@ def measure(fn: Kernel, shape: tuple[int, int, int], blocks: Blocks, copy: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bias-dim", type=int, default=64, help="d' of the factorized AFT-local bias")
-    parser.add_argument("--matmul-precision", default="highest", choices=["highest", "high"],
-                        help="torch.set_float32_matmul_precision: 'high' lets the tile products use TF32")
+    parser.add_argument(
+        "--matmul-precision",
+        default="highest",
+        choices=["highest", "high"],
+        help="torch.set_float32_matmul_precision: 'high' lets the tile products use TF32",
+    )
     parser.add_argument("--out", type=Path, help="write the JSON record here")
     args = parser.parse_args()
     torch.set_float32_matmul_precision(args.matmul_precision)
@@ -94,12 +122,22 @@ def main() -> None:
                 row = {"op": name, "shape": list(shape), "blocks": vars(blocks)}
                 row.update(measure(ops[name], shape, blocks, copy, device))
                 rows.append(row)
-                print(f"{name:<16} {str(shape):<18} t={blocks.t:<3} d={blocks.d:<3} chunks={blocks.chunks!s:<5} "
-                      f"warps={blocks.warps} products={blocks.products!s:<5}  "
-                      f"fwd {row['forward_seconds'] * 1e3:7.3f} ms {row['forward_copy_fraction']:6.1%}  "
-                      f"bwd {row['backward_seconds'] * 1e3:7.3f} ms {row['backward_copy_fraction']:6.1%}", flush=True)
-    write_record(args.out, device, triton=triton.__version__, matmul_precision=args.matmul_precision,
-                 copy_bytes_per_second=copy, rows=rows)
+                print(
+                    f"{name:<16} {str(shape):<18} t={blocks.t:<3} d={blocks.d:<3} chunks={blocks.chunks!s:<5} "
+                    f"warps={blocks.warps} products={blocks.products!s:<5}  "
+                    f"fwd {row['forward_seconds'] * 1e3:7.3f} ms {row['forward_copy_fraction']:6.1%}  "
+                    f"bwd {row['backward_seconds'] * 1e3:7.3f} ms {row['backward_copy_fraction']:6.1%}",
+                    flush=True,
+                )
+    write_record(
+        args.out,
+        device,
+        triton=triton.__version__,
+        matmul_precision=args.matmul_precision,
+        copy_bytes_per_second=copy,
+        rows=rows,
+    )
+
 
 if __name__ == "__main__":
     main()

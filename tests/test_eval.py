@@ -27,16 +27,35 @@ from aft.training.logger import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TINY = [
-    "model.depth=1", "model.dim=32", "data.seq_len=32", "trainer.batch_size=4", "trainer.max_steps=4",
-    "trainer.log_every=1", "trainer.eval_every=0", "trainer.device=cpu",
+    "model.depth=1",
+    "model.dim=32",
+    "data.seq_len=32",
+    "trainer.batch_size=4",
+    "trainer.max_steps=4",
+    "trainer.log_every=1",
+    "trainer.eval_every=0",
+    "trainer.device=cpu",
 ]
 # A tiny AFT-conv ViT on the embedded images whose model has 1000 outputs for the data's 10 classes
 # (without the keys the default experiment sets for its decoder).
 IMAGES_1000_OUTPUTS = [
-    "model=vit", "model/mixer=aft_conv2d", "data=embedded_images", "model.img_size=16", "model.patch_size=4",
-    "model.depth=1", "model.dim=16", "model.mixer.heads=4", "model.mixer.kernel_size=3", "data.image_size=16",
-    "data.num_train=64", "data.num_test=32", "data.num_workers=0",
-    "~model.seq_len", "~model.vocab_size", "~model.dropout", "~data.seq_len",
+    "model=vit",
+    "model/mixer=aft_conv2d",
+    "data=embedded_images",
+    "model.img_size=16",
+    "model.patch_size=4",
+    "model.depth=1",
+    "model.dim=16",
+    "model.mixer.heads=4",
+    "model.mixer.kernel_size=3",
+    "data.image_size=16",
+    "data.num_train=64",
+    "data.num_test=32",
+    "data.num_workers=0",
+    "~model.seq_len",
+    "~model.vocab_size",
+    "~model.dropout",
+    "~data.seq_len",
 ]
 ENWIK8 = "enwik8_aft_local32_l24_d256"
 
@@ -74,7 +93,9 @@ def _fake_run(folder: Path, cfg) -> Path:
 def _tree_status() -> str:
     result = subprocess.run(
         ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all", "results"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return result.stdout
 
@@ -91,14 +112,21 @@ def test_records_go_into_the_run_folder_with_the_config_and_the_training_objecti
     assert result_config(record["config"]) == result_config(expected)
     losses = [r["train_loss"] for r in read_metrics(run) if "train_loss" in r]
     objective = record["train_objective"]
-    assert len(losses) == 4 and objective["logged_steps"] == 4 and (objective["first_step"], objective["last_step"]) == (1, 4)
+    assert (
+        len(losses) == 4
+        and objective["logged_steps"] == 4
+        and (objective["first_step"], objective["last_step"]) == (1, 4)
+    )
     assert objective["loss"] == pytest.approx(sum(losses) / 4, rel=1e-12)
 
 
 def test_a_missing_run_folder_is_one_line_on_stderr_and_exit_1(tmp_path: Path) -> None:
     result = _eval(f"run={tmp_path / 'no-run'}")
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr == f"error: {tmp_path / 'no-run'} does not exist: give a run folder written by train.py (runs/<name>) or a checkpoint file\n"
+    assert (
+        result.stderr
+        == f"error: {tmp_path / 'no-run'} does not exist: give a run folder written by train.py (runs/<name>) or a checkpoint file\n"
+    )
 
 
 def _one_line_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *arguments: str) -> str:
@@ -134,7 +162,10 @@ def test_no_run_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 @pytest.mark.parametrize(
     ("argument", "message"),
     [
-        ("data.seq_lenn=64", ["Could not override 'data.seq_lenn'", "+data.seq_lenn=64"]),  # a misspelt key of the run's
+        (
+            "data.seq_lenn=64",
+            ["Could not override 'data.seq_lenn'", "+data.seq_lenn=64"],
+        ),  # a misspelt key of the run's
         ("splitz=[test]", ["Could not override 'splitz'"]),  # a misspelt option
         ("data.seq_len", ["Error parsing override 'data.seq_len'"]),
     ],
@@ -168,7 +199,15 @@ def test_the_options_are_no_top_level_key_of_a_training_config() -> None:
     experiments = [OmegaConf.load(path) for path in (config_dir() / "experiment").rglob("*.yaml")]
     run_keys = groups | set(train) | {key for cfg in experiments for key in cfg}
     assert "model_init" in run_keys and options == {
-        "run", "splits", "out", "weights", "device", "precision", "batch_size", "speed", "speed_batch_size"
+        "run",
+        "splits",
+        "out",
+        "weights",
+        "device",
+        "precision",
+        "batch_size",
+        "speed",
+        "speed_batch_size",
     }
     assert not options & run_keys, options & run_keys
 
@@ -191,7 +230,9 @@ def test_an_unresolvable_saved_interpolation_is_one_line(
     monkeypatch.delenv("AFT_EVAL_TEST_UNSET", raising=False)
     line = _one_line_error(monkeypatch, capsys, f"run={run_dir}")
     assert "data.root: ${oc.env:AFT_EVAL_TEST_UNSET}/enwik8 cannot be resolved" in line and "data.root=<value>" in line
-    assert "not found at" in _one_line_error(monkeypatch, capsys, f"run={run_dir}", f"data.root={tmp_path}")  # the fix works
+    assert "not found at" in _one_line_error(
+        monkeypatch, capsys, f"run={run_dir}", f"data.root={tmp_path}"
+    )  # the fix works
 
 
 def test_a_model_without_an_output_per_class_is_one_line(
@@ -247,7 +288,9 @@ class _Terminal(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize(("stderr", "rank", "shown"), [(_Terminal, 0, True), (io.StringIO, 0, False), (_Terminal, 1, False)])
+@pytest.mark.parametrize(
+    ("stderr", "rank", "shown"), [(_Terminal, 0, True), (io.StringIO, 0, False), (_Terminal, 1, False)]
+)
 def test_a_whole_split_shows_a_progress_bar_on_rank_0_of_a_terminal(
     monkeypatch: pytest.MonkeyPatch, stderr: type, rank: int, shown: bool
 ) -> None:

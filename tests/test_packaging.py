@@ -22,8 +22,15 @@ from setuptools import find_packages
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["pyproject.toml", "README.md", "aft", "data", "configs", "results/paper_tables.csv"]  # what the build reads
 TINY = [
-    "model.depth=1", "model.dim=32", "data.seq_len=32", "trainer.batch_size=4", "trainer.max_steps=3",
-    "trainer.log_every=1", "trainer.eval_every=0", "trainer.eval_batches=2", "trainer.device=cpu",
+    "model.depth=1",
+    "model.dim=32",
+    "data.seq_len=32",
+    "trainer.batch_size=4",
+    "trainer.max_steps=3",
+    "trainer.log_every=1",
+    "trainer.eval_every=0",
+    "trainer.eval_batches=2",
+    "trainer.device=cpu",
 ]
 
 
@@ -50,8 +57,19 @@ def _copy_sources(into: Path) -> Path:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("packaging")
     source = _copy_sources(tmp / "source")
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-               "-w", str(tmp / "dist"), str(source)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-q",
+        "-w",
+        str(tmp / "dist"),
+        str(source),
+    ]
     _run(command, tmp, dict(os.environ))
     (path,) = (tmp / "dist").glob("aft-*.whl")
     return path
@@ -69,7 +87,9 @@ def test_the_wheel_holds_every_package_the_configs_and_the_paper_tables(wheel: P
 
 def test_installed_commands_train_and_evaluate_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], tmp_path, dict(os.environ))
+    _run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], tmp_path, dict(os.environ)
+    )
     python, bin_dir = venv / "bin" / "python", venv / "bin"
     _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], tmp_path, dict(os.environ))
     work = tmp_path / "work"  # outside the checkout: nothing of it on the path

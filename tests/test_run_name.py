@@ -12,9 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_keys_that_do_not_change_the_result_leave_the_name_alone() -> None:
-    overrides = ["data.root=/data/enwik8", "data.num_workers=8", "trainer.device=cuda", "trainer.resume=auto",
-                 "trainer.micro_batch_size=16", "logger.wandb_mode=offline", "hydra/launcher=slurm_v100",
-                 "experiment=enwik8_aft_local32_l24_d256"]
+    overrides = [
+        "data.root=/data/enwik8",
+        "data.num_workers=8",
+        "trainer.device=cuda",
+        "trainer.resume=auto",
+        "trainer.micro_batch_size=16",
+        "logger.wandb_mode=offline",
+        "hydra/launcher=slurm_v100",
+        "experiment=enwik8_aft_local32_l24_d256",
+    ]
     assert run_name("enwik8_aft_local32_l24_d256", overrides) == "enwik8_aft_local32_l24_d256"
 
 
@@ -24,7 +31,8 @@ def test_result_changing_overrides_give_a_short_stable_hash_in_any_order() -> No
     assert a == b and len(a) == len("x-") + 8
     assert run_name("x", ["model.mixer.window=32", "optim.lr=1e-3"]) != a
     assert result_overrides(["+model.extra=1", "~trainer.log_every", "model/mixer=aft_simple"]) == [
-        "+model.extra=1", "model/mixer=aft_simple",
+        "+model.extra=1",
+        "model/mixer=aft_simple",
     ]
 
 
@@ -43,7 +51,10 @@ def test_result_config_drops_exactly_the_listed_keys() -> None:
 def _run_dir(*overrides: str) -> str:
     result = subprocess.run(
         [sys.executable, "train.py", *overrides, "--cfg", "hydra", "--resolve"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -52,5 +63,10 @@ def _run_dir(*overrides: str) -> str:
 
 def test_train_py_names_its_folder_by_experiment_and_hash() -> None:
     assert _run_dir() == "runs/embedded_text_aft_local"
-    assert _run_dir("experiment=enwik8_aft_local32_l24_d256", "data.root=/data/enwik8") == "runs/enwik8_aft_local32_l24_d256"
-    assert _run_dir("model.dim=64", "trainer.device=cpu") == "runs/" + run_name("embedded_text_aft_local", ["model.dim=64"])
+    assert (
+        _run_dir("experiment=enwik8_aft_local32_l24_d256", "data.root=/data/enwik8")
+        == "runs/enwik8_aft_local32_l24_d256"
+    )
+    assert _run_dir("model.dim=64", "trainer.device=cpu") == "runs/" + run_name(
+        "embedded_text_aft_local", ["model.dim=64"]
+    )

@@ -120,7 +120,9 @@ class LocalAttention2d(nn.Module):
         q = self.query_blocks(grids[0]).transpose(-3, -1).transpose(-3, -2)  # (B·H, N, l_q, E)
         k, v = (self.memory_blocks(g, 0.0).transpose(-3, -1).transpose(-3, -2) for g in grids[1:])
         out = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=self.block_mask(t, x.device),
             dropout_p=self.dropout if self.training else 0.0,
         )

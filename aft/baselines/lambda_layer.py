@@ -37,9 +37,7 @@ class LambdaLayer(nn.Module):
     Shapes: x (B, Y', X', dim) -> (B, Y', X', dim).
     """
 
-    def __init__(
-        self, dim: int, *, heads: int = 4, key_dim: int = 16, grid_size: tuple[int, int] = (14, 14)
-    ) -> None:
+    def __init__(self, dim: int, *, heads: int = 4, key_dim: int = 16, grid_size: tuple[int, int] = (14, 14)) -> None:
         super().__init__()
         self.heads = heads
         self.key_dim = key_dim
@@ -61,9 +59,7 @@ class LambdaLayer(nn.Module):
         if height > max_height or width > max_width:
             raise ValueError(f"grid {(height, width)} exceeds the configured grid_size {self.grid_size}")
         device = self.rel_pos_emb.device
-        ys, xs = torch.meshgrid(
-            torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
-        )
+        ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()
         dy = ys[None, :] - ys[:, None] + max_height - 1  # offset of m relative to n, row n, column m
         dx = xs[None, :] - xs[:, None] + max_width - 1

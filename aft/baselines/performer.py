@@ -26,6 +26,7 @@ def orthogonal_gaussian_features(
     independent standard Gaussian vector, so marginally ωᵣ ~ N(0, I) as FAVOR+ requires.
     Drawn from ``generator`` (or the global RNG of ``device``).
     """
+
     def gaussian(rows: int) -> Tensor:
         return torch.randn(rows, dim, generator=generator, device=device, dtype=dtype)
 

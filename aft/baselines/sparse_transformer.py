@@ -56,7 +56,9 @@ class StridedSparseAttention(nn.Module):
             raise ValueError(f"heads={heads} must be even: half use each strided pattern")
         self.qk_dim = round(dim * qk_ratio)
         if self.qk_dim < heads or self.qk_dim % heads:
-            raise ValueError(f"model.mixer.qk_ratio={qk_ratio}: query-key width {self.qk_dim} is no multiple of {heads} heads")
+            raise ValueError(
+                f"model.mixer.qk_ratio={qk_ratio}: query-key width {self.qk_dim} is no multiple of {heads} heads"
+            )
         self.heads = heads
         self.causal = causal
         self.dropout = dropout
@@ -87,9 +89,7 @@ class StridedSparseAttention(nn.Module):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """Masked SDPA with attention-probability dropout in training mode."""
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape

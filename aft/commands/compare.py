@@ -349,7 +349,9 @@ def modified_lines(cells: list[Cell], records: dict[str, dict[str, Any]], modifi
             continue
         shown = "; ".join(differences[:SHOWN_DIFFERENCES])
         more = len(differences) - SHOWN_DIFFERENCES
-        lines.append(f"- `{name}`: split {r['split']}, step {r.get('step')}: {shown}" + (f" (+{more} more)" if more > 0 else ""))
+        lines.append(
+            f"- `{name}`: split {r['split']}, step {r.get('step')}: {shown}" + (f" (+{more} more)" if more > 0 else "")
+        )
     return lines
 
 
@@ -464,7 +466,11 @@ def render_report(
             lines += ["", "Records:", *used]
         changed = modified_lines(table_cells, records, modified)
         if changed:
-            lines += ["", "Modified runs (config differs from the experiment's: `key: paper -> ours`; not counted):", *changed]
+            lines += [
+                "",
+                "Modified runs (config differs from the experiment's: `key: paper -> ours`; not counted):",
+                *changed,
+            ]
     return "\n".join(lines) + "\n"
 
 

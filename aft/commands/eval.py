@@ -38,7 +38,15 @@ from omegaconf import DictConfig, OmegaConf
 from aft.cli import user_errors_exit
 from aft.provenance import provenance
 from aft.resources import config_search_path
-from aft.runs import experiment_name, load_weights, locate, register_saved_config, resolve, saved_config, train_objective
+from aft.runs import (
+    experiment_name,
+    load_weights,
+    locate,
+    register_saved_config,
+    resolve,
+    saved_config,
+    train_objective,
+)
 from aft.training.distributed import DistInfo
 from aft.training.evaluate import PRECISIONS, evaluate, inference_speed
 from aft.training.trainer import check_model_fits_data

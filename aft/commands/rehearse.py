@@ -98,19 +98,28 @@ class Fixtures:
             source = ("torchvision", "parquet")[variant % 2]
             train, test = 5 * CIFAR_PER_BATCH, CIFAR_TEST
             return [
-                f"data.root={self.root / ('cifar10_' + source)}", f"data.source={source}", "data.verify_md5=false",
-                f"data.expected_train={train}", f"data.expected_test={test}", f"data.hf_cache_dir={self.root / 'hf_cache'}",
+                f"data.root={self.root / ('cifar10_' + source)}",
+                f"data.source={source}",
+                "data.verify_md5=false",
+                f"data.expected_train={train}",
+                f"data.expected_test={test}",
+                f"data.hf_cache_dir={self.root / 'hf_cache'}",
             ]
         if kind == "ImageNet":
             source = ("folder", "parquet")[variant % 2]
             return [
-                f"data.root={self.root / ('imagenet_' + source)}", f"data.source={source}",
-                f"data.num_classes={len(formats.IMAGENET_CLASSES)}", f"model.num_classes={len(formats.IMAGENET_CLASSES)}",
+                f"data.root={self.root / ('imagenet_' + source)}",
+                f"data.source={source}",
+                f"data.num_classes={len(formats.IMAGENET_CLASSES)}",
+                f"model.num_classes={len(formats.IMAGENET_CLASSES)}",
                 f"data.hf_cache_dir={self.root / 'hf_cache'}",
             ]
         if kind == "Enwik8":
             source = ("zip", "raw")[variant % 2]
-            return [f"data.root={self.root / ('enwik8_' + source)}", f"data.split_bytes=[{','.join(map(str, ENWIK8_SPLIT))}]"]
+            return [
+                f"data.root={self.root / ('enwik8_' + source)}",
+                f"data.split_bytes=[{','.join(map(str, ENWIK8_SPLIT))}]",
+            ]
         return []  # embedded data: no files
 
 
@@ -178,7 +187,10 @@ def _vit_overrides(cfg: DictConfig) -> list[str]:
     patch = int(model.patch_size) // 2
     image, grid, overrides = _vit_geometry(cfg, patch)
     overrides += [
-        f"model.depth={VIT_DEPTH}", f"model.dim={VIT_DIM}", f"model.patch_size={patch}", f"model.img_size={image}",
+        f"model.depth={VIT_DEPTH}",
+        f"model.dim={VIT_DIM}",
+        f"model.patch_size={patch}",
+        f"model.img_size={image}",
     ]
     if mixer.get("kernel_size") is not None:  # AFT-conv: heads split the channels; keep channels per head
         overrides += [
@@ -199,13 +211,26 @@ def _timm_overrides(cfg: DictConfig) -> list[str]:
     if name.startswith("deit"):
         patch = int(name.split("patch")[1].split("_")[0]) // 2
         image, _, data = _vit_geometry(cfg, patch)
-        return overrides + data + [
-            f"+model.img_size={image}", f"+model.patch_size={patch}", f"+model.embed_dim={VIT_DIM}", f"+model.depth={VIT_DEPTH}",
-        ]
+        return (
+            overrides
+            + data
+            + [
+                f"+model.img_size={image}",
+                f"+model.patch_size={patch}",
+                f"+model.embed_dim={VIT_DIM}",
+                f"+model.depth={VIT_DEPTH}",
+            ]
+        )
     if name.startswith("resnet"):
-        return overrides + _vit_geometry(cfg, 1)[2] + [
-            "+model.layers=[1,1,1,1]", "+model.channels=[8,16,32,64]", "+model.stem_width=8",  # 1 block a stage, 1/8 width
-        ]
+        return (
+            overrides
+            + _vit_geometry(cfg, 1)[2]
+            + [
+                "+model.layers=[1,1,1,1]",
+                "+model.channels=[8,16,32,64]",
+                "+model.stem_width=8",  # 1 block a stage, 1/8 width
+            ]
+        )
     raise ValueError(f"rehearse.py cannot shrink timm model {name!r}: add its keyword arguments to _timm_overrides")
 
 
@@ -231,9 +256,15 @@ def shrink(cfg: DictConfig) -> list[str]:
     if cfg.schedule.get("warmup_epochs") is not None:
         overrides.append("schedule.warmup_epochs=1")
     return overrides + [
-        f"trainer.max_steps={STEPS}", f"trainer.checkpoint_every={CHECKPOINT_EVERY}", f"trainer.eval_every={EVAL_EVERY}",
-        "trainer.eval_batches=2", "trainer.eval_batch_size=4", "trainer.log_every=1", "trainer.device=cpu",
-        "trainer.micro_batch_size=null", f"data.num_workers={min(int(cfg.data.num_workers), MAX_WORKERS)}",
+        f"trainer.max_steps={STEPS}",
+        f"trainer.checkpoint_every={CHECKPOINT_EVERY}",
+        f"trainer.eval_every={EVAL_EVERY}",
+        "trainer.eval_batches=2",
+        "trainer.eval_batch_size=4",
+        "trainer.log_every=1",
+        "trainer.device=cpu",
+        "trainer.micro_batch_size=null",
+        f"data.num_workers={min(int(cfg.data.num_workers), MAX_WORKERS)}",
     ]
 
 
@@ -251,9 +282,13 @@ def code_paths(cfg: DictConfig) -> set[tuple[Any, ...]]:
     model, mixer = cfg.model, cfg.model.get("mixer")
     family = str(model.model_name).split("_")[0] if "model_name" in model else _target(model)
     paths: set[tuple[Any, ...]] = {
-        ("model", family), ("data", _target(cfg.data)), ("optim", _target(cfg.optim)),
-        ("schedule", _target(cfg.schedule)), ("precision", cfg.trainer.precision),
-        ("sparsity", bool(cfg.trainer.sparsity_weight)), ("model_init", _target(cfg.get("model_init"))),
+        ("model", family),
+        ("data", _target(cfg.data)),
+        ("optim", _target(cfg.optim)),
+        ("schedule", _target(cfg.schedule)),
+        ("precision", cfg.trainer.precision),
+        ("sparsity", bool(cfg.trainer.sparsity_weight)),
+        ("model_init", _target(cfg.get("model_init"))),
         ("eval_image_size", cfg.data.get("eval_image_size") is not None),
     }
     paths |= {("model", key, value) for key, value in model.items() if isinstance(value, bool)}
@@ -425,18 +460,21 @@ def _check_resume(run_dir: Path, before_kill: dict[int, float]) -> int:
         raise StageError("resume", f"no train_loss logged for steps {missing}")
     redone = [step for step in before_kill if step > resumed_from]
     if not redone:
-        raise StageError("resume", f"killed at step {max(before_kill)} but resumed at {resumed_from}: nothing to compare")
+        raise StageError(
+            "resume", f"killed at step {max(before_kill)} but resumed at {resumed_from}: nothing to compare"
+        )
     for step in redone:
         if not math.isclose(losses[step], before_kill[step], rel_tol=TOLERANCE, abs_tol=1e-6):
             raise StageError(
-                "resume", f"step {step}: loss {losses[step]:.7g} after the resume, {before_kill[step]:.7g} before the kill"
+                "resume",
+                f"step {step}: loss {losses[step]:.7g} after the resume, {before_kill[step]:.7g} before the kill",
             )
     return resumed_from
 
 
 def _split_metrics(records: list[dict[str, Any]], step: int, split: str) -> dict[str, Any]:
     prefix = f"{split}_"
-    return {k[len(prefix):]: v for r in records if r["step"] == step for k, v in r.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for r in records if r["step"] == step for k, v in r.items() if k.startswith(prefix)}
 
 
 def _check_evaluations(run_dir: Path) -> list[str]:
@@ -477,8 +515,13 @@ def deit_weights(folder: Path, overrides: Sequence[str]) -> Path:
 
     values = dict(item.split("=", 1) for item in overrides)
     model = timm.create_model(
-        DEIT_MODEL, pretrained=False, num_classes=int(values["model.num_classes"]), img_size=int(values["model.img_size"]),
-        patch_size=int(values["model.patch_size"]), embed_dim=int(values["model.dim"]), depth=int(values["model.depth"]),
+        DEIT_MODEL,
+        pretrained=False,
+        num_classes=int(values["model.num_classes"]),
+        img_size=int(values["model.img_size"]),
+        patch_size=int(values["model.patch_size"]),
+        embed_dim=int(values["model.dim"]),
+        depth=int(values["model.depth"]),
     )
     path = folder / f"{DEIT_MODEL}.pth"
     torch.save(model.state_dict(), path)
@@ -523,8 +566,17 @@ def check_compare(outcomes: list[Outcome], records_dir: Path, work: Path) -> Non
     for path in records_dir.glob("*/*.json"):
         (merged / path.name).write_bytes(path.read_bytes())
     report = work / "REPORT.md"
-    command = [sys.executable, "-m", "aft.commands.compare", "--runs", str(merged), "--report", str(report),
-               "--figures", str(work / "figures")]
+    command = [
+        sys.executable,
+        "-m",
+        "aft.commands.compare",
+        "--runs",
+        str(merged),
+        "--report",
+        str(report),
+        "--figures",
+        str(work / "figures"),
+    ]
     try:
         run_stage("compare.py", command, work, work / "compare.log")
     except StageError as error:
@@ -579,7 +631,9 @@ def select(args: argparse.Namespace) -> list[str]:
     if args.only:
         unknown = sorted(set(args.only) - set(names))
         if unknown:
-            raise SystemExit(f"error: no configs/experiment/{unknown[0]}.yaml: pick from python scripts/rehearse.py --list")
+            raise SystemExit(
+                f"error: no configs/experiment/{unknown[0]}.yaml: pick from python scripts/rehearse.py --list"
+            )
         return sorted(args.only)
     if args.ci:
         return ci_subset({name: compose_experiment(name) for name in names}, paper_tables())
@@ -592,7 +646,9 @@ def run_all(names: Sequence[str], work: Path, jobs: int) -> list[Outcome]:
     records_dir = work / "eval_records"
     outcomes = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(rehearse, name, overrides[name], work / "experiments" / name, records_dir) for name in names]
+        futures = [
+            pool.submit(rehearse, name, overrides[name], work / "experiments" / name, records_dir) for name in names
+        ]
         for future in as_completed(futures):
             outcomes.append(future.result())
             print(outcomes[-1].line(), flush=True)
@@ -644,7 +700,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [o for o in outcomes if not o.passed]
     print(
         f"{len(outcomes) - len(failed)} of {len(outcomes)} experiments passed in {seconds:.0f} s "
-        f"({cpu_seconds():.0f} CPU s)", flush=True,
+        f"({cpu_seconds():.0f} CPU s)",
+        flush=True,
     )
     for outcome in failed:
         print(outcome.line(), flush=True)

@@ -81,7 +81,9 @@ def sweep_command(table: str, experiments: Sequence[str], overrides: Sequence[st
     """The ``train.py`` multirun command line, without the interpreter."""
     launcher = [] if any(o.startswith("hydra/launcher=") for o in overrides) else [LAUNCHER]
     return [
-        *TRAIN, "-m", *launcher,
+        *TRAIN,
+        "-m",
+        *launcher,
         f"hydra.sweep.dir=runs/sweeps/{table}-${{now:%Y-%m-%d_%H-%M-%S}}",
         "experiment=" + ",".join(experiments),
         *(as_sweep(o) for o in overrides),

@@ -100,8 +100,28 @@ class Summaries(NamedTuple):
 
 
 @triton.jit
-def _outside(cm, ca, cb, om, oa, ob, other_tiles, tile_index, rows, main_shift, other_shift, source, chans, T, D, HK,
-             GROUP: tl.constexpr, GATED: tl.constexpr, BACKWARD: tl.constexpr, CAUSAL: tl.constexpr):
+def _outside(
+    cm,
+    ca,
+    cb,
+    om,
+    oa,
+    ob,
+    other_tiles,
+    tile_index,
+    rows,
+    main_shift,
+    other_shift,
+    source,
+    chans,
+    T,
+    D,
+    HK,
+    GROUP: tl.constexpr,
+    GATED: tl.constexpr,
+    BACKWARD: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
     """State of each row's terms outside the window (bias 0), and the updated carry.
 
     Terms on the sweep's side (``rows + main_shift``) come from the carry ``c*`` and an
@@ -121,8 +141,17 @@ def _outside(cm, ca, cb, om, oa, ob, other_tiles, tile_index, rows, main_shift, 
 
 
 @triton.jit
-def _chunk_start(main_chunks, other_chunks, chunk, n_chunks, chans, D,
-                 BACKWARD: tl.constexpr, CAUSAL: tl.constexpr, GLOBAL: tl.constexpr):
+def _chunk_start(
+    main_chunks,
+    other_chunks,
+    chunk,
+    n_chunks,
+    chans,
+    D,
+    BACKWARD: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    GLOBAL: tl.constexpr,
+):
     """Carries entering a chunk: terms of the chunks before it in sweep order (``c*``) and,
     unless causal, of the chunks after it (``o*``)."""
     cm, ca, cb = online.empty_like(chans)
@@ -142,9 +171,21 @@ def _chunk_start(main_chunks, other_chunks, chunk, n_chunks, chans, D,
 
 @triton.jit
 def _summary_kernel(
-    source, tiles_ptr, chunks_ptr, T, D, HK, shift, tiles_per_chunk,
-    GROUP: tl.constexpr, GATED: tl.constexpr, QUERIES: tl.constexpr, REVERSE: tl.constexpr,
-    STORE_TILES: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    source,
+    tiles_ptr,
+    chunks_ptr,
+    T,
+    D,
+    HK,
+    shift,
+    tiles_per_chunk,
+    GROUP: tl.constexpr,
+    GATED: tl.constexpr,
+    QUERIES: tl.constexpr,
+    REVERSE: tl.constexpr,
+    STORE_TILES: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Summaries of the terms at ``rows + shift`` of ``source`` (:class:`Queries` if
     ``QUERIES``, else :class:`Keys`), swept per chunk (descending if ``REVERSE``).
@@ -178,11 +219,31 @@ def _summary_kernel(
 
 @triton.jit
 def _forward_kernel(
-    keys, q_ptr, bias_ptr, out_ptr, lse_ptr, summaries,
-    T, D, HK, window, band_lo, W, main_shift, other_shift, tiles_per_chunk,
-    GROUP: tl.constexpr, CAUSAL: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
-    PER_HEAD: tl.constexpr, STORE_LSE: tl.constexpr, PRODUCTS: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    keys,
+    q_ptr,
+    bias_ptr,
+    out_ptr,
+    lse_ptr,
+    summaries,
+    T,
+    D,
+    HK,
+    window,
+    band_lo,
+    W,
+    main_shift,
+    other_shift,
+    tiles_per_chunk,
+    GROUP: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    GATED: tl.constexpr,
+    GLOBAL: tl.constexpr,
+    PER_HEAD: tl.constexpr,
+    STORE_LSE: tl.constexpr,
+    PRODUCTS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """``out = sigmoid(q) * avg`` and (``STORE_LSE``) ``lse``, sweeping the chunk's tiles in
     ascending order; the band term by term, or (``PRODUCTS``) as tile products. ``q`` is
@@ -196,20 +257,64 @@ def _forward_kernel(
     q_ptr, out_ptr, lse_ptr = moved(q_ptr, at), out_ptr + at, moved(lse_ptr, at)
     other_tiles = moved(summaries.other_tiles, b * n_tiles * 3 * D)
     per_chunk = b * n_chunks * 3 * D
-    cm, ca, cb, om, oa, ob = _chunk_start(moved(summaries.main_chunks, per_chunk),
-                                          moved(summaries.other_chunks, per_chunk),
-                                          chunk, n_chunks, chans, D, False, CAUSAL, GLOBAL)
+    cm, ca, cb, om, oa, ob = _chunk_start(
+        moved(summaries.main_chunks, per_chunk),
+        moved(summaries.other_chunks, per_chunk),
+        chunk,
+        n_chunks,
+        chans,
+        D,
+        False,
+        CAUSAL,
+        GLOBAL,
+    )
     first = chunk * tiles_per_chunk
     for tile_index in range(first, tl.minimum(first + tiles_per_chunk, n_tiles)):
         rows = tile_index * BLOCK_T + tl.arange(0, BLOCK_T)
         if GLOBAL:
-            m, a, s, cm, ca, cb = _outside(cm, ca, cb, om, oa, ob, other_tiles, tile_index, rows, main_shift,
-                                           other_shift, keys, chans, T, D, HK, GROUP, GATED, False, CAUSAL)
+            m, a, s, cm, ca, cb = _outside(
+                cm,
+                ca,
+                cb,
+                om,
+                oa,
+                ob,
+                other_tiles,
+                tile_index,
+                rows,
+                main_shift,
+                other_shift,
+                keys,
+                chans,
+                T,
+                D,
+                HK,
+                GROUP,
+                GATED,
+                False,
+                CAUSAL,
+            )
         else:
             m, a, s = online.empty_like(tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32))
         if PRODUCTS:
-            m, a, s = _band_products_forward(m, a, s, keys, bias_ptr, tile_index * BLOCK_T, chans,
-                                             T, D, HK, window, band_lo, W, GROUP, PRECISION, BLOCK_T)
+            m, a, s = _band_products_forward(
+                m,
+                a,
+                s,
+                keys,
+                bias_ptr,
+                tile_index * BLOCK_T,
+                chans,
+                T,
+                D,
+                HK,
+                window,
+                band_lo,
+                W,
+                GROUP,
+                PRECISION,
+                BLOCK_T,
+            )
         else:
             for offset in range(band_lo, window):
                 logit, x, y = key_terms(keys, rows - offset, chans, T, D, HK, GROUP)
@@ -221,11 +326,30 @@ def _forward_kernel(
 
 @triton.jit
 def _backward_kernel(
-    keys, queries, bias_ptr, summaries, grads,
-    T, D, HK, window, band_lo, W, main_shift, other_shift, tiles_per_chunk,
-    GROUP: tl.constexpr, CAUSAL: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
-    PER_HEAD: tl.constexpr, BIAS_GRAD: tl.constexpr, PRODUCTS: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    keys,
+    queries,
+    bias_ptr,
+    summaries,
+    grads,
+    T,
+    D,
+    HK,
+    window,
+    band_lo,
+    W,
+    main_shift,
+    other_shift,
+    tiles_per_chunk,
+    GROUP: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    GATED: tl.constexpr,
+    GLOBAL: tl.constexpr,
+    PER_HEAD: tl.constexpr,
+    BIAS_GRAD: tl.constexpr,
+    PRODUCTS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """:class:`Gradients`: ``dq``, per-channel ``dk`` (``(B, T, D)``), ``dv`` and (atomically)
     the band gradient, sweeping the chunk's tiles, here *keys* ``t'``, in descending order;
@@ -239,9 +363,17 @@ def _backward_kernel(
     grads = gradients_at(grads, b * T, D)
     other_tiles = moved(summaries.other_tiles, b * n_tiles * 3 * D)
     per_chunk = b * n_chunks * 3 * D
-    cm, ca, cb, om, oa, ob = _chunk_start(moved(summaries.main_chunks, per_chunk),
-                                          moved(summaries.other_chunks, per_chunk),
-                                          chunk, n_chunks, chans, D, True, CAUSAL, GLOBAL)
+    cm, ca, cb, om, oa, ob = _chunk_start(
+        moved(summaries.main_chunks, per_chunk),
+        moved(summaries.other_chunks, per_chunk),
+        chunk,
+        n_chunks,
+        chans,
+        D,
+        True,
+        CAUSAL,
+        GLOBAL,
+    )
     first = chunk * tiles_per_chunk
     count = tl.minimum(tiles_per_chunk, n_tiles - first)
     for i in range(count):
@@ -250,8 +382,28 @@ def _backward_kernel(
         key = tile(keys.k, rows, chans // GROUP, T, HK, NEG)
         value = tile(keys.v, rows, chans, T, D, 0.0)
         if GLOBAL:
-            m, a, s, cm, ca, cb = _outside(cm, ca, cb, om, oa, ob, other_tiles, tile_index, rows, main_shift,
-                                           other_shift, queries, chans, T, D, HK, GROUP, GATED, True, CAUSAL)
+            m, a, s, cm, ca, cb = _outside(
+                cm,
+                ca,
+                cb,
+                om,
+                oa,
+                ob,
+                other_tiles,
+                tile_index,
+                rows,
+                main_shift,
+                other_shift,
+                queries,
+                chans,
+                T,
+                D,
+                HK,
+                GROUP,
+                GATED,
+                True,
+                CAUSAL,
+            )
             scale = tl.exp(key + m)
             dv = scale * a
             dk = scale * (value * a - s)
@@ -259,8 +411,26 @@ def _backward_kernel(
             dv = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
             dk = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
         if PRODUCTS:
-            dk, dv = _band_products_backward(dk, dv, key, value, queries, bias_ptr, grads.bias, tile_index * BLOCK_T,
-                                             chans, T, D, window, band_lo, W, GATED, BIAS_GRAD, PRECISION, BLOCK_T)
+            dk, dv = _band_products_backward(
+                dk,
+                dv,
+                key,
+                value,
+                queries,
+                bias_ptr,
+                grads.bias,
+                tile_index * BLOCK_T,
+                chans,
+                T,
+                D,
+                window,
+                band_lo,
+                W,
+                GATED,
+                BIAS_GRAD,
+                PRECISION,
+                BLOCK_T,
+            )
         else:
             for offset in range(band_lo, window):
                 query_rows = rows + offset
@@ -272,8 +442,9 @@ def _backward_kernel(
                     if PER_HEAD:
                         tl.atomic_add(grads.bias + chans * W + col, tl.sum(r, 0), mask=chans < D)
                     else:
-                        tl.atomic_add(grads.bias + query_rows * W + col, tl.sum(r, 1),
-                                      mask=(query_rows >= 0) & (query_rows < T))
+                        tl.atomic_add(
+                            grads.bias + query_rows * W + col, tl.sum(r, 1), mask=(query_rows >= 0) & (query_rows < T)
+                        )
         mask = (rows < T)[:, None] & (chans < D)[None, :]
         store_gradients(queries, grads, rows[:, None] * D + chans[None, :], mask, dk, dv, GATED)
 
@@ -317,8 +488,24 @@ def _any(mask):
 
 
 @triton.jit
-def _band_products_forward(m, a, s, keys, bias_ptr, first, chans, T, D, HK, window, band_lo, W,
-                           GROUP: tl.constexpr, PRECISION: tl.constexpr, BLOCK_T: tl.constexpr):
+def _band_products_forward(
+    m,
+    a,
+    s,
+    keys,
+    bias_ptr,
+    first,
+    chans,
+    T,
+    D,
+    HK,
+    window,
+    band_lo,
+    W,
+    GROUP: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     """Merge the band terms of rows ``first + arange(BLOCK_T)`` into their states ``(m, a, s)``,
     one key tile at a time: ``den = exp(w - r) @ exp(K - k)``, ``num = exp(w - r) @ (exp(K - k) V)``
     at shift ``r + k``, or term by term where ``den < MIN_PRODUCT``."""
@@ -332,8 +519,9 @@ def _band_products_forward(m, a, s, keys, bias_ptr, first, chans, T, D, HK, wind
         ek = tl.exp(key - key_max[None, :])
         den = tl.dot(ew, ek, input_precision=PRECISION)
         if _any((den < MIN_PRODUCT) & (row_max > NEG)[:, None] & (chans < D)[None, :]):
-            m, a, s = _pair_terms_forward(m, a, s, keys, bias_ptr, rows, start, chans, T, D, HK,
-                                          window, band_lo, W, GROUP, BLOCK_T)
+            m, a, s = _pair_terms_forward(
+                m, a, s, keys, bias_ptr, rows, start, chans, T, D, HK, window, band_lo, W, GROUP, BLOCK_T
+            )
         else:
             num = tl.dot(ew, ek * tile(keys.v, key_rows, chans, T, D, 0.0), input_precision=PRECISION)
             m, a, s = online.merge(m, a, s, row_max[:, None] + key_max[None, :], den, num)
@@ -341,8 +529,24 @@ def _band_products_forward(m, a, s, keys, bias_ptr, first, chans, T, D, HK, wind
 
 
 @triton.jit
-def _pair_terms_forward(m, a, s, keys, bias_ptr, rows, start, chans, T, D, HK, window, band_lo, W,
-                        GROUP: tl.constexpr, BLOCK_T: tl.constexpr):
+def _pair_terms_forward(
+    m,
+    a,
+    s,
+    keys,
+    bias_ptr,
+    rows,
+    start,
+    chans,
+    T,
+    D,
+    HK,
+    window,
+    band_lo,
+    W,
+    GROUP: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     """Push the band terms of ``rows`` with keys ``start + arange(BLOCK_T)`` onto their states
     ``(m, a, s)`` one by one."""
     for j in range(BLOCK_T):
@@ -355,9 +559,26 @@ def _pair_terms_forward(m, a, s, keys, bias_ptr, rows, start, chans, T, D, HK, w
 
 
 @triton.jit
-def _band_products_backward(dk, dv, key, value, queries, bias_ptr, dbias_ptr, first, chans, T, D, window, band_lo, W,
-                            GATED: tl.constexpr, BIAS_GRAD: tl.constexpr, PRECISION: tl.constexpr,
-                            BLOCK_T: tl.constexpr):
+def _band_products_backward(
+    dk,
+    dv,
+    key,
+    value,
+    queries,
+    bias_ptr,
+    dbias_ptr,
+    first,
+    chans,
+    T,
+    D,
+    window,
+    band_lo,
+    W,
+    GATED: tl.constexpr,
+    BIAS_GRAD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     """Add the band's share to ``dk, dv`` of keys ``first + arange(BLOCK_T)`` (and to the band
     gradient), one query tile at a time: with ``p = exp(w - r) exp(K - k) e``, ``e = exp(r + k - lse)``::
 
@@ -375,8 +596,26 @@ def _band_products_backward(dk, dv, key, value, queries, bias_ptr, dbias_ptr, fi
         neg_lse, d_avg, delta = query_terms(queries, query_rows, chans, T, D, GATED)
         exponent = row_max[:, None] + key_max[None, :] + neg_lse
         if _any((exponent > MAX_EXPONENT) & (row_max > NEG)[:, None] & (chans < D)[None, :]):
-            dk, dv = _pair_terms_backward(dk, dv, key, value, queries, bias_ptr, dbias_ptr, key_rows, start,
-                                          chans, T, D, window, band_lo, W, GATED, BIAS_GRAD, BLOCK_T)
+            dk, dv = _pair_terms_backward(
+                dk,
+                dv,
+                key,
+                value,
+                queries,
+                bias_ptr,
+                dbias_ptr,
+                key_rows,
+                start,
+                chans,
+                T,
+                D,
+                window,
+                band_lo,
+                W,
+                GATED,
+                BIAS_GRAD,
+                BLOCK_T,
+            )
         else:
             scale = tl.exp(exponent)
             g, e = d_avg * scale, delta * scale
@@ -385,16 +624,36 @@ def _band_products_backward(dk, dv, key, value, queries, bias_ptr, dbias_ptr, fi
             dv += ek * dv_band
             dk += ek * (value * dv_band - tl.dot(ew_t, e, input_precision=PRECISION))
             if BIAS_GRAD:
-                dw = ew * (tl.dot(g, tl.trans(ek * value), input_precision=PRECISION)
-                           - tl.dot(e, tl.trans(ek), input_precision=PRECISION))
+                dw = ew * (
+                    tl.dot(g, tl.trans(ek * value), input_precision=PRECISION)
+                    - tl.dot(e, tl.trans(ek), input_precision=PRECISION)
+                )
                 offset = query_rows[:, None] - key_rows[None, :]
                 tl.atomic_add(dbias_ptr + query_rows[:, None] * W + (offset - band_lo), dw, mask=inside)
     return dk, dv
 
 
 @triton.jit
-def _pair_terms_backward(dk, dv, key, value, queries, bias_ptr, dbias_ptr, key_rows, start, chans, T, D,
-                         window, band_lo, W, GATED: tl.constexpr, BIAS_GRAD: tl.constexpr, BLOCK_T: tl.constexpr):
+def _pair_terms_backward(
+    dk,
+    dv,
+    key,
+    value,
+    queries,
+    bias_ptr,
+    dbias_ptr,
+    key_rows,
+    start,
+    chans,
+    T,
+    D,
+    window,
+    band_lo,
+    W,
+    GATED: tl.constexpr,
+    BIAS_GRAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     """The band's share from queries ``start + arange(BLOCK_T)``, term by term."""
     for j in range(BLOCK_T):
         query = start + j + tl.arange(0, 1)
@@ -518,9 +777,22 @@ def _summaries(v: Tensor, source: Keys | Queries, HK: int, band: Band, launch: _
     def summarize(tiles: Tensor | None, chunks: Tensor, shift: int, reverse: bool) -> None:
         blocks = launch.blocks
         _summary_kernel[launch.grid](
-            source, tiles, chunks, T, D, HK, shift, launch.tiles_per_chunk,
-            GROUP=D // HK, GATED=gated, QUERIES=backward, REVERSE=reverse, STORE_TILES=tiles is not None,
-            BLOCK_T=blocks.t, BLOCK_D=blocks.d, num_warps=blocks.warps,
+            source,
+            tiles,
+            chunks,
+            T,
+            D,
+            HK,
+            shift,
+            launch.tiles_per_chunk,
+            GROUP=D // HK,
+            GATED=gated,
+            QUERIES=backward,
+            REVERSE=reverse,
+            STORE_TILES=tiles is not None,
+            BLOCK_T=blocks.t,
+            BLOCK_D=blocks.d,
+            num_warps=blocks.warps,
         )
 
     main_chunks = states(launch.n_chunks)
@@ -545,18 +817,46 @@ def _forward(
     summaries = _summaries(v, keys, HK, band, launch, q is not None)
     blocks = launch.blocks
     _forward_kernel[launch.grid](
-        keys, q, bias, out, lse, summaries,
-        T, D, HK, band.window, band.lo, band.width, *_shifts(band, False), launch.tiles_per_chunk,
-        GROUP=D // HK, CAUSAL=band.causal, GATED=q is not None, GLOBAL=band.global_connectivity,
-        PER_HEAD=band.per_head, STORE_LSE=store_lse, PRODUCTS=blocks.products, PRECISION=launch.precision,
-        BLOCK_T=blocks.t, BLOCK_D=blocks.d, num_warps=blocks.warps,
+        keys,
+        q,
+        bias,
+        out,
+        lse,
+        summaries,
+        T,
+        D,
+        HK,
+        band.window,
+        band.lo,
+        band.width,
+        *_shifts(band, False),
+        launch.tiles_per_chunk,
+        GROUP=D // HK,
+        CAUSAL=band.causal,
+        GATED=q is not None,
+        GLOBAL=band.global_connectivity,
+        PER_HEAD=band.per_head,
+        STORE_LSE=store_lse,
+        PRODUCTS=blocks.products,
+        PRECISION=launch.precision,
+        BLOCK_T=blocks.t,
+        BLOCK_D=blocks.d,
+        num_warps=blocks.warps,
     )
     return out, lse
 
 
 def _backward(
-    q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
-    band: Band, launch: _Launch, bias_grad: bool,
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    dout: Tensor,
+    band: Band,
+    launch: _Launch,
+    bias_grad: bool,
 ) -> tuple[Tensor | None, Tensor, Tensor, Tensor | None]:
     B, T, D = v.shape
     HK = k.shape[-1]
@@ -569,11 +869,30 @@ def _backward(
     summaries = _summaries(v, queries, HK, band, launch, q is not None)
     blocks = launch.blocks
     _backward_kernel[launch.grid](
-        Keys(k, v), queries, bias, summaries, grads,
-        T, D, HK, band.window, band.lo, band.width, *_shifts(band, True), launch.tiles_per_chunk,
-        GROUP=D // HK, CAUSAL=band.causal, GATED=q is not None, GLOBAL=band.global_connectivity,
-        PER_HEAD=band.per_head, BIAS_GRAD=bias_grad, PRODUCTS=blocks.products, PRECISION=launch.precision,
-        BLOCK_T=blocks.t, BLOCK_D=blocks.d, num_warps=blocks.warps,
+        Keys(k, v),
+        queries,
+        bias,
+        summaries,
+        grads,
+        T,
+        D,
+        HK,
+        band.window,
+        band.lo,
+        band.width,
+        *_shifts(band, True),
+        launch.tiles_per_chunk,
+        GROUP=D // HK,
+        CAUSAL=band.causal,
+        GATED=q is not None,
+        GLOBAL=band.global_connectivity,
+        PER_HEAD=band.per_head,
+        BIAS_GRAD=bias_grad,
+        PRODUCTS=blocks.products,
+        PRECISION=launch.precision,
+        BLOCK_T=blocks.t,
+        BLOCK_D=blocks.d,
+        num_warps=blocks.warps,
     )
     dk = grads.k if HK == D else grads.k.view(B, T, HK, D // HK).sum(-1).to(k.dtype)
     if dbias is None:
@@ -585,8 +904,20 @@ def _backward(
 
 @torch.library.custom_op("aft::triton_banded", mutates_args=())
 def _banded_op(
-    q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, window: int, causal: bool, global_connectivity: bool,
-    per_head: bool, tile_t: int, tile_d: int, chunks: int | None, warps: int, products: bool, store_lse: bool,
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor,
+    window: int,
+    causal: bool,
+    global_connectivity: bool,
+    per_head: bool,
+    tile_t: int,
+    tile_d: int,
+    chunks: int | None,
+    warps: int,
+    products: bool,
+    store_lse: bool,
     bias_grad: bool,
 ) -> tuple[Tensor, Tensor]:
     """``(out, lse)`` of the forward kernels; ``lse`` ``(B, T, D)`` float32 if ``store_lse``
@@ -599,15 +930,46 @@ def _banded_op(
 
 
 @_banded_op.register_fake
-def _(q, k, v, bias, window, causal, global_connectivity, per_head, tile_t, tile_d, chunks, warps, products, store_lse, bias_grad):
+def _(
+    q,
+    k,
+    v,
+    bias,
+    window,
+    causal,
+    global_connectivity,
+    per_head,
+    tile_t,
+    tile_d,
+    chunks,
+    warps,
+    products,
+    store_lse,
+    bias_grad,
+):
     return torch.empty_like(v), v.new_empty(v.shape if store_lse else 0, dtype=torch.float32)
 
 
 @torch.library.custom_op("aft::triton_banded_backward", mutates_args=())
 def _banded_backward_op(
-    dout: Tensor, q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, out: Tensor, lse: Tensor, window: int,
-    causal: bool, global_connectivity: bool, per_head: bool, tile_t: int, tile_d: int, chunks: int | None,
-    warps: int, products: bool, store_lse: bool, bias_grad: bool,
+    dout: Tensor,
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    window: int,
+    causal: bool,
+    global_connectivity: bool,
+    per_head: bool,
+    tile_t: int,
+    tile_d: int,
+    chunks: int | None,
+    warps: int,
+    products: bool,
+    store_lse: bool,
+    bias_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(dq, dk, dv, dbias)``: ``dq`` empty without ``q``, ``dbias`` zeros unless ``bias_grad``."""
     band = Band(window, causal, global_connectivity, per_head)
@@ -621,7 +983,12 @@ connect(_banded_op, _banded_backward_op, tensors=4)
 
 
 def banded_aft(
-    q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, band: Band, blocks: Blocks | None = None,
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor,
+    band: Band,
+    blocks: Blocks | None = None,
     band_products: bool = False,
 ) -> Tensor:
     """``sigmoid(q) * avg`` (Eq. 2) with a banded bias, see the module docstring.
@@ -643,7 +1010,20 @@ def banded_aft(
     k, v, bias = k.contiguous(), v.contiguous(), bias.contiguous()
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
     out, _ = _banded_op(
-        q, k, v, bias, band.window, band.causal, band.global_connectivity, band.per_head,
-        blocks.t, blocks.d, blocks.chunks, blocks.warps, blocks.products, grad, grad and bias.requires_grad,
+        q,
+        k,
+        v,
+        bias,
+        band.window,
+        band.causal,
+        band.global_connectivity,
+        band.per_head,
+        blocks.t,
+        blocks.d,
+        blocks.chunks,
+        blocks.warps,
+        blocks.products,
+        grad,
+        grad and bias.requires_grad,
     )
     return out

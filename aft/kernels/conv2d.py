@@ -75,8 +75,7 @@ from aft.ops.library import connect
 
 
 @triton.jit
-def _row_terms(source, row, cols, chans, X, D, HK,
-               GROUP: tl.constexpr, GATED: tl.constexpr, QUERIES: tl.constexpr):
+def _row_terms(source, row, cols, chans, X, D, HK, GROUP: tl.constexpr, GATED: tl.constexpr, QUERIES: tl.constexpr):
     """Terms at ``(row, cols)`` of one batch element's grid, ``(BLOCK_X, BLOCK_D)``: query
     terms (``QUERIES``, ``source`` :class:`Queries`) or key terms (:class:`Keys`); empty
     outside ``[0, X)``."""
@@ -85,9 +84,24 @@ def _row_terms(source, row, cols, chans, X, D, HK,
 
 
 @triton.jit
-def _outside(source, above_ptr, below_ptr, y, cols, chans, Y, X, D, HK,
-             RADIUS: tl.constexpr, GROUP: tl.constexpr, GATED: tl.constexpr,
-             QUERIES: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr):
+def _outside(
+    source,
+    above_ptr,
+    below_ptr,
+    y,
+    cols,
+    chans,
+    Y,
+    X,
+    D,
+    HK,
+    RADIUS: tl.constexpr,
+    GROUP: tl.constexpr,
+    GATED: tl.constexpr,
+    QUERIES: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """State of the terms outside the box around each ``(y, cols)`` (bias 0), ``(BLOCK_X, BLOCK_D)``.
 
     Rows above and below the box from the row states; within the box's rows, the columns
@@ -113,8 +127,17 @@ def _outside(source, above_ptr, below_ptr, y, cols, chans, Y, X, D, HK,
 
 @triton.jit
 def _row_totals_kernel(
-    source, rows_ptr, Y, X, D, HK,
-    GROUP: tl.constexpr, GATED: tl.constexpr, QUERIES: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr,
+    source,
+    rows_ptr,
+    Y,
+    X,
+    D,
+    HK,
+    GROUP: tl.constexpr,
+    GATED: tl.constexpr,
+    QUERIES: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """``rows[b, y]``: the state of all terms of grid row ``y`` of ``source`` (:class:`Queries`
     if ``QUERIES``, else :class:`Keys`); ``(B, Y, 3, D)`` float32."""
@@ -152,9 +175,24 @@ def _row_prefix_kernel(rows_ptr, above_ptr, below_ptr, Y, D, BLOCK_D: tl.constex
 
 @triton.jit
 def _forward_kernel(
-    keys, q_ptr, w_ptr, out_ptr, lse_ptr, above_ptr, below_ptr, Y, X, D, HK,
-    RADIUS: tl.constexpr, GROUP: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
-    STORE_LSE: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr,
+    keys,
+    q_ptr,
+    w_ptr,
+    out_ptr,
+    lse_ptr,
+    above_ptr,
+    below_ptr,
+    Y,
+    X,
+    D,
+    HK,
+    RADIUS: tl.constexpr,
+    GROUP: tl.constexpr,
+    GATED: tl.constexpr,
+    GLOBAL: tl.constexpr,
+    STORE_LSE: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """``out = sigmoid(q) * avg`` and (``STORE_LSE``) ``lse`` of grid row ``program_id(1)``;
     ``q`` is ``None`` unless ``GATED``, ``lse`` unless ``STORE_LSE``, the row states unless ``GLOBAL``."""
@@ -166,16 +204,33 @@ def _forward_kernel(
     cols = tl.arange(0, BLOCK_X)
     if GLOBAL:
         row_states = b * Y * 3 * D
-        m, a, s = _outside(keys, above_ptr + row_states, below_ptr + row_states, y, cols, chans, Y, X, D, HK,
-                           RADIUS, GROUP, GATED, False, BLOCK_X, BLOCK_D)
+        m, a, s = _outside(
+            keys,
+            above_ptr + row_states,
+            below_ptr + row_states,
+            y,
+            cols,
+            chans,
+            Y,
+            X,
+            D,
+            HK,
+            RADIUS,
+            GROUP,
+            GATED,
+            False,
+            BLOCK_X,
+            BLOCK_D,
+        )
     else:
         m, a, s = online.empty_like(tl.zeros((BLOCK_X, BLOCK_D), dtype=tl.float32))
     SIZE: tl.constexpr = 2 * RADIUS + 1
     for row in range(tl.maximum(y - RADIUS, 0), tl.minimum(y + RADIUS + 1, Y)):
         for dx in range(-RADIUS, RADIUS + 1):
             logit, x, v = _row_terms(keys, row, cols + dx, chans, X, D, HK, GROUP, GATED, False)
-            bias = bias_column(w_ptr, cols, chans, (row - y + RADIUS) * SIZE + dx + RADIUS, X, D, SIZE * SIZE,
-                               GROUP, True)
+            bias = bias_column(
+                w_ptr, cols, chans, (row - y + RADIUS) * SIZE + dx + RADIUS, X, D, SIZE * SIZE, GROUP, True
+            )
             m, a, s = online.push(m, a, s, logit + bias, x, v)
     mask = (cols < X)[:, None] & (chans < D)[None, :]
     store_output(q_ptr, out_ptr, lse_ptr, (y * X + cols)[:, None] * D + chans[None, :], mask, m, a, s, GATED, STORE_LSE)
@@ -183,9 +238,23 @@ def _forward_kernel(
 
 @triton.jit
 def _backward_kernel(
-    keys, queries, w_ptr, above_ptr, below_ptr, grads, Y, X, D, HK,
-    RADIUS: tl.constexpr, GROUP: tl.constexpr, GATED: tl.constexpr, GLOBAL: tl.constexpr,
-    W_GRAD: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr,
+    keys,
+    queries,
+    w_ptr,
+    above_ptr,
+    below_ptr,
+    grads,
+    Y,
+    X,
+    D,
+    HK,
+    RADIUS: tl.constexpr,
+    GROUP: tl.constexpr,
+    GATED: tl.constexpr,
+    GLOBAL: tl.constexpr,
+    W_GRAD: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """:class:`Gradients`: ``dq``, per-channel ``dk`` (``(B, Y, X, D)``), ``dv`` of the keys of
     grid row ``program_id(1)`` and (atomically) the per-channel kernel gradient ``(D, S * S)``."""
@@ -199,8 +268,24 @@ def _backward_kernel(
     value = tile(keys.v + y * X * D, cols, chans, X, D, 0.0)
     if GLOBAL:
         row_states = b * Y * 3 * D
-        m, a, s = _outside(queries, above_ptr + row_states, below_ptr + row_states, y, cols, chans, Y, X, D, HK,
-                           RADIUS, GROUP, GATED, True, BLOCK_X, BLOCK_D)
+        m, a, s = _outside(
+            queries,
+            above_ptr + row_states,
+            below_ptr + row_states,
+            y,
+            cols,
+            chans,
+            Y,
+            X,
+            D,
+            HK,
+            RADIUS,
+            GROUP,
+            GATED,
+            True,
+            BLOCK_X,
+            BLOCK_D,
+        )
         scale = tl.exp(key + m)
         dv = scale * a
         dk = scale * (value * a - s)
@@ -267,8 +352,18 @@ def _row_states(
     rows, above, below = (v.new_empty(B, Y, 3, D, dtype=torch.float32) for _ in range(3))
     blocks = launch.blocks
     _row_totals_kernel[launch.grid](
-        source, rows, Y, X, D, HK, GROUP=D // HK, GATED=gated, QUERIES=isinstance(source, Queries),
-        BLOCK_X=launch.block_x, BLOCK_D=blocks.d, num_warps=blocks.warps,
+        source,
+        rows,
+        Y,
+        X,
+        D,
+        HK,
+        GROUP=D // HK,
+        GATED=gated,
+        QUERIES=isinstance(source, Queries),
+        BLOCK_X=launch.block_x,
+        BLOCK_D=blocks.d,
+        num_warps=blocks.warps,
     )
     _row_prefix_kernel[launch.grid[:1]](rows, above, below, Y, D, BLOCK_D=blocks.d, num_warps=blocks.warps)
     return above, below
@@ -286,16 +381,39 @@ def _forward(
     above, below = _row_states(v, keys, HK, launch, q is not None)
     blocks = launch.blocks
     _forward_kernel[launch.grid](
-        keys, q, w, out, lse, above, below, Y, X, D, HK,
-        RADIUS=launch.radius, GROUP=D // HK, GATED=q is not None, GLOBAL=launch.global_connectivity,
-        STORE_LSE=store_lse, BLOCK_X=launch.block_x, BLOCK_D=blocks.d, num_warps=blocks.warps,
+        keys,
+        q,
+        w,
+        out,
+        lse,
+        above,
+        below,
+        Y,
+        X,
+        D,
+        HK,
+        RADIUS=launch.radius,
+        GROUP=D // HK,
+        GATED=q is not None,
+        GLOBAL=launch.global_connectivity,
+        STORE_LSE=store_lse,
+        BLOCK_X=launch.block_x,
+        BLOCK_D=blocks.d,
+        num_warps=blocks.warps,
     )
     return out, lse
 
 
 def _backward(
-    q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
-    launch: _Launch, w_grad: bool,
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    dout: Tensor,
+    launch: _Launch,
+    w_grad: bool,
 ) -> tuple[Tensor | None, Tensor, Tensor, Tensor | None]:
     """``(dq, dk, dv, dw)``; ``dq`` is ``None`` without ``q``, ``dw`` unless ``w_grad``."""
     B, Y, X, D = v.shape
@@ -307,9 +425,24 @@ def _backward(
     above, below = _row_states(v, queries, HK, launch, q is not None)
     blocks = launch.blocks
     _backward_kernel[launch.grid](
-        Keys(k, v), queries, w, above, below, grads, Y, X, D, HK,
-        RADIUS=launch.radius, GROUP=D // HK, GATED=q is not None, GLOBAL=launch.global_connectivity,
-        W_GRAD=w_grad, BLOCK_X=launch.block_x, BLOCK_D=blocks.d, num_warps=blocks.warps,
+        Keys(k, v),
+        queries,
+        w,
+        above,
+        below,
+        grads,
+        Y,
+        X,
+        D,
+        HK,
+        RADIUS=launch.radius,
+        GROUP=D // HK,
+        GATED=q is not None,
+        GLOBAL=launch.global_connectivity,
+        W_GRAD=w_grad,
+        BLOCK_X=launch.block_x,
+        BLOCK_D=blocks.d,
+        num_warps=blocks.warps,
     )
     dk = grads.k if HK == D else grads.k.view(B, Y, X, HK, D // HK).sum(-1).to(k.dtype)
     dw = None if dw is None else dw.view(HK, D // HK, S, S).sum(1).to(w.dtype)
@@ -318,8 +451,15 @@ def _backward(
 
 @torch.library.custom_op("aft::triton_conv2d", mutates_args=())
 def _conv2d_op(
-    q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, global_connectivity: bool, tile_d: int, warps: int,
-    store_lse: bool, w_grad: bool,
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    global_connectivity: bool,
+    tile_d: int,
+    warps: int,
+    store_lse: bool,
+    w_grad: bool,
 ) -> tuple[Tensor, Tensor]:
     """``(out, lse)`` of the forward kernels; ``lse`` ``(B, Y, X, D)`` float32 if ``store_lse``,
     else empty. ``w_grad`` is for the backward."""
@@ -336,8 +476,18 @@ def _(q, k, v, w, global_connectivity, tile_d, warps, store_lse, w_grad):
 
 @torch.library.custom_op("aft::triton_conv2d_backward", mutates_args=())
 def _conv2d_backward_op(
-    dout: Tensor, q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, out: Tensor, lse: Tensor,
-    global_connectivity: bool, tile_d: int, warps: int, store_lse: bool, w_grad: bool,
+    dout: Tensor,
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    global_connectivity: bool,
+    tile_d: int,
+    warps: int,
+    store_lse: bool,
+    w_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(dq, dk, dv, dw)``: ``dq`` empty without ``q``, ``dw`` zeros unless ``w_grad``."""
     launch = _launch(v, w, global_connectivity, Blocks(d=tile_d, warps=warps))

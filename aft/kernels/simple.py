@@ -14,9 +14,7 @@ from aft.kernels.banded import Band, banded_aft
 from aft.kernels.common import Blocks
 
 
-def aft_simple(
-    q: Tensor | None, k: Tensor, v: Tensor, causal: bool = False, blocks: Blocks | None = None
-) -> Tensor:
+def aft_simple(q: Tensor | None, k: Tensor, v: Tensor, causal: bool = False, blocks: Blocks | None = None) -> Tensor:
     """``sigmoid(q) * sum_t' softmax(k)_t' * v_t'`` over ``t' <= t`` if causal.
 
     Args:

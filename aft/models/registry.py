@@ -64,9 +64,7 @@ def aft_full_variant(size: str, img_size: int | tuple[int, int] = 224) -> dict[s
     return _variant(size, img_size, mixer, class_token=True, position_embedding=True, spatial_mixer=False)
 
 
-def aft_conv_variant(
-    size: str, kernel_size: int, heads: int, img_size: int | tuple[int, int] = 224
-) -> dict[str, Any]:
+def aft_conv_variant(size: str, kernel_size: int, heads: int, img_size: int | tuple[int, int] = 224) -> dict[str, Any]:
     """Fully convolutional layout (no class token or position embedding, average pool) with AFT-conv 2-d."""
     mixer = partial(AFTConv2d, heads=heads, kernel_size=kernel_size)
     return _variant(size, img_size, mixer, class_token=False, position_embedding=False, spatial_mixer=True)

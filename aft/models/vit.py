@@ -316,11 +316,15 @@ def _check_mixer(mixer: nn.Module, grid: Grid, prefix_tokens: int) -> None:
     if getattr(mixer, "causal", False):
         raise ValueError(f"{type(mixer).__name__} is causal: an image encoder needs causal=false")
     if hasattr(mixer, "seq_len") and mixer.seq_len != tokens:
-        raise ValueError(f"{type(mixer).__name__}.seq_len={mixer.seq_len} but the image has {tokens} tokens: "
-                         f"set model.mixer.seq_len={tokens}")
+        raise ValueError(
+            f"{type(mixer).__name__}.seq_len={mixer.seq_len} but the image has {tokens} tokens: "
+            f"set model.mixer.seq_len={tokens}"
+        )
     if isinstance(mixer, LambdaLayer) and mixer.grid_size != tuple(grid):
-        raise ValueError(f"LambdaLayer.grid_size={mixer.grid_size} but the patch grid is {tuple(grid)}: "
-                         f"set model.mixer.grid_size=[{grid[0]}, {grid[1]}]")
+        raise ValueError(
+            f"LambdaLayer.grid_size={mixer.grid_size} but the patch grid is {tuple(grid)}: "
+            f"set model.mixer.grid_size=[{grid[0]}, {grid[1]}]"
+        )
 
 
 def _fit_mixer(mixer: nn.Module, grid: Grid, prefix_tokens: int) -> None:

@@ -51,14 +51,12 @@ def block_size(window: int) -> int:
     return max(window, 64)
 
 
-
 def band_geometry(T: int, window: int, causal: bool) -> tuple[int, int, int]:
     """``(C, n_blocks, Wd)``: block size, number of row blocks and band columns."""
     C = block_size(window)
     n = math.ceil(T / C)
     width = C + window - 1 if causal else C + 2 * (window - 1)
     return C, n, width
-
 
 
 def band_offsets(C: int, width: int, window: int, device: torch.device) -> Tensor:
@@ -68,10 +66,8 @@ def band_offsets(C: int, width: int, window: int, device: torch.device) -> Tenso
     return j - i - (window - 1)
 
 
-
 def in_band(offsets: Tensor, window: int, causal: bool) -> Tensor:
     return (offsets <= 0) & (offsets > -window) if causal else offsets.abs() < window
-
 
 
 def local_band_blocks(bias: Tensor | FactorizedBias, T: int, window: int, causal: bool) -> Tensor:
@@ -91,7 +87,6 @@ def local_band_blocks(bias: Tensor | FactorizedBias, T: int, window: int, causal
     return values.masked_fill(~valid, -math.inf).unsqueeze(0)
 
 
-
 def conv1d_band_blocks(w: Tensor, window: int, causal: bool) -> Tensor:
     """AFT-conv1d band bias ``(H, 1, C, Wd)``: the same Toeplitz block for every block."""
     C, _, width = band_geometry(1, window, causal)
@@ -100,7 +95,6 @@ def conv1d_band_blocks(w: Tensor, window: int, causal: bool) -> Tensor:
     values = w[:, index]  # (H, C, Wd)
     values = values.masked_fill(~in_band(offsets, window, causal), -math.inf)
     return values.unsqueeze(1)
-
 
 
 def _forward(
@@ -154,7 +148,6 @@ def _forward(
     return avg, lse.to(k.dtype)
 
 
-
 def band_columns(x: Tensor, dim: int, window: int, causal: bool, fill: float = 0.0) -> Tensor:
     """Each row block's band of ``x`` along ``dim`` (a view): block ``n``, column ``j`` is
     position ``n C + j - (window - 1)``, ``fill`` outside ``[0, T)``. ``dim`` becomes the
@@ -166,13 +159,11 @@ def band_columns(x: Tensor, dim: int, window: int, causal: bool, fill: float = 0
     return F.pad(x, pad, value=fill).unfold(dim, width, C)
 
 
-
 def _key_blocks(k: Tensor, window: int, causal: bool) -> tuple[Tensor, Tensor]:
     """Shifted ``exp`` of each row block's keys, ``(B, n, Hk, Wd)``, and the shifts ``(B, n, Hk, 1)``."""
     blocks = band_columns(k, 1, window, causal, fill=NEG)
     shift = blocks.amax(dim=-1, keepdim=True)
     return torch.exp(blocks - shift), shift
-
 
 
 def _shifted_exp(bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -182,13 +173,11 @@ def _shifted_exp(bias: Tensor) -> tuple[Tensor, Tensor]:
     return torch.exp(bias - shift), shift
 
 
-
 def _block_shift(bias_shift: Tensor, key_shift: Tensor) -> Tensor:
     """``(B, n, C, Hk)`` log-scale of a block's products: row bias shift plus key shift."""
     if bias_shift.shape[0] == 1:
         return bias_shift[0] + key_shift.transpose(-1, -2)
     return bias_shift.squeeze(-1).permute(1, 2, 0) + key_shift.squeeze(-1).unsqueeze(2)
-
 
 
 def _overlap_add(blocks: Tensor, T: int, window: int) -> Tensor:
@@ -207,10 +196,16 @@ def _overlap_add(blocks: Tensor, T: int, window: int) -> Tensor:
     return out[:, window - 1 : window - 1 + T]
 
 
-
 def _backward(
-    grad: Tensor, k: Tensor, v: Tensor, bias: Tensor, avg: Tensor, lse: Tensor,
-    window: int, causal: bool, global_connectivity: bool,
+    grad: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor,
+    avg: Tensor,
+    lse: Tensor,
+    window: int,
+    causal: bool,
+    global_connectivity: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients ``(dk, dv, dbias)`` of :func:`_forward`. With ``p[t, t'] = exp(k[t'] + w[t, t'] - lse[t])``
     and ``G = dL/davg``::
@@ -328,7 +323,11 @@ def _band_rows(T: int, window: int, causal: bool, global_connectivity: bool) -> 
         n0, n1 = r0 // C, math.ceil(r1 / C)
         padded = n * C + width  # column p of a padded row is key p - (window - 1)
         blocks = [
-            F.pad(bias[:, b if bias.shape[1] > 1 else 0].masked_fill(~inside, fill), (b * C, padded - b * C - width), value=fill)
+            F.pad(
+                bias[:, b if bias.shape[1] > 1 else 0].masked_fill(~inside, fill),
+                (b * C, padded - b * C - width),
+                value=fill,
+            )
             for b in range(n0, n1)
         ]
         return torch.cat(blocks, dim=1)[:, r0 - n0 * C : r1 - n0 * C, window - 1 : window - 1 + T]
@@ -350,14 +349,24 @@ def _banded(
 
 
 @_banded.register_fake
-def _(k: Tensor, v: Tensor, bias: Tensor, window: int, causal: bool, global_connectivity: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _(
+    k: Tensor, v: Tensor, bias: Tensor, window: int, causal: bool, global_connectivity: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     return v.new_empty(v.shape), k.new_empty(k.shape), fake_flag(k)
 
 
 @torch.library.custom_op("aft::banded_backward", mutates_args=())
 def _banded_backward_op(
-    grad: Tensor, k: Tensor, v: Tensor, bias: Tensor, avg: Tensor, lse: Tensor, was_exact: Tensor,
-    window: int, causal: bool, global_connectivity: bool,
+    grad: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor,
+    avg: Tensor,
+    lse: Tensor,
+    was_exact: Tensor,
+    window: int,
+    causal: bool,
+    global_connectivity: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     with autocast_off(k.device):
         if bool(was_exact):

@@ -171,7 +171,14 @@ def _(k: Tensor, v: Tensor, w: Tensor, global_connectivity: bool) -> tuple[Tenso
 
 @torch.library.custom_op("aft::conv2d_backward", mutates_args=())
 def _conv2d_backward(
-    grad: Tensor, k: Tensor, v: Tensor, w: Tensor, avg: Tensor, den: Tensor, was_exact: Tensor, global_connectivity: bool
+    grad: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    avg: Tensor,
+    den: Tensor,
+    was_exact: Tensor,
+    global_connectivity: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     B, Y, X, D = v.shape
     with autocast_off(k.device):

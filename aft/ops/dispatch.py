@@ -53,7 +53,9 @@ _SETTINGS: ContextVar[Settings] = ContextVar("aft_ops_settings", default=Setting
 @contextlib.contextmanager
 def use(backend: Backend | None = None, band_products: bool | None = None) -> Iterator[None]:
     """Inside the block, operators without their own ``backend`` use these settings."""
-    changes = {name: value for name, value in (("backend", backend), ("band_products", band_products)) if value is not None}
+    changes = {
+        name: value for name, value in (("backend", backend), ("band_products", band_products)) if value is not None
+    }
     if "backend" in changes:
         check_backend(changes["backend"])
     token = _SETTINGS.set(replace(_SETTINGS.get(), **changes))
@@ -118,7 +120,9 @@ def _check_heads(q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, ndim: int) -
 # --------------------------------------------------------------------------- operators
 
 
-def aft_full(q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, causal: bool = False, backend: Backend | None = None) -> Tensor:
+def aft_full(
+    q: Tensor | None, k: Tensor, v: Tensor, w: Tensor, causal: bool = False, backend: Backend | None = None
+) -> Tensor:
     """AFT-full, Eq. 2: ``w`` ``(T, T)`` pair-wise position bias ``w[t, t']``; ``q=None`` drops the gate.
 
     Returns ``(B, T, D)``. No Triton kernel: ``"auto"`` runs the PyTorch path.
@@ -247,7 +251,12 @@ def aft_conv2d(
 
 
 def decode_step(
-    q: Tensor | None, k: Tensor, v: Tensor, bias: Callable[[int, int], Tensor], window: int | None, cache: DecodeCache | None
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    bias: Callable[[int, int], Tensor],
+    window: int | None,
+    cache: DecodeCache | None,
 ) -> tuple[Tensor, DecodeCache]:
     """One causal position: ``q, v`` ``(B, D)``, ``k`` ``(B, Hk)``; ``bias(t, L) -> (Hb, L)`` gives the
     biases of the ``L`` cached positions (:mod:`aft.ops.decode`). Returns ``(sigmoid(q) * avg, cache)``,

@@ -60,4 +60,3 @@ def _chunk(k: Tensor, v: Tensor, params: tuple[Tensor, ...], rows: BiasRows, r0:
     weights = torch.softmax(k.unsqueeze(1) + bias, dim=2)  # (B, R, T, Hk)
     out = torch.einsum("brth,bthg->brhg", weights, v.reshape(B, T, Hk, D // Hk))
     return out.reshape(B, r1 - r0, D)
-

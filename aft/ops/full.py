@@ -68,7 +68,9 @@ def _forward(k: Tensor, v: Tensor, w: Tensor, causal: bool) -> tuple[Tensor, Ten
     return torch.cat(avgs, dim=1), torch.cat(dens, dim=1)
 
 
-def _backward(grad: Tensor, k: Tensor, v: Tensor, w: Tensor, avg: Tensor, den: Tensor, causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _backward(
+    grad: Tensor, k: Tensor, v: Tensor, w: Tensor, avg: Tensor, den: Tensor, causal: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     dk, dv, dw = torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(w)
     for r0, r1, c1 in _row_blocks(k.shape[1], causal):
         ew, ek = _exponentials(k, w, r0, r1, c1, causal)

@@ -48,4 +48,3 @@ def flag(exact: bool, like: Tensor) -> Tensor:
 
 def fake_flag(like: Tensor) -> Tensor:
     return like.new_empty((), dtype=torch.bool)
-

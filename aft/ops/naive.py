@@ -33,7 +33,9 @@ from aft.ops.casting import FactorizedBias, upcast
 MAX_ELEMENTS = 1 << 26  # of the (B, T, T, D) logits: 512 MiB in float64
 
 
-def aft_dense(q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, causal: bool, dtype: torch.dtype | None = None) -> Tensor:
+def aft_dense(
+    q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, causal: bool, dtype: torch.dtype | None = None
+) -> Tensor:
     """Eq. 2 with a dense bias ``(Hb, T, T)``, ``Hb`` 1 or ``Hk``; ``k`` ``(B, T, Hk)``, ``Hk | D``.
 
     ``dtype``: compute in it (tests pass float64); default the inputs' upcast dtype.
@@ -47,10 +49,16 @@ def aft_dense(q: Tensor | None, k: Tensor, v: Tensor, bias: Tensor, causal: bool
     cast = (lambda t: t.to(dtype)) if dtype is not None else upcast
     k, values, bias = cast(k), cast(v), cast(bias)
     group = D // k.shape[-1]
-    heads = torch.arange(D, device=v.device) // group if bias.shape[0] > 1 else torch.zeros(D, dtype=torch.long, device=v.device)
+    heads = (
+        torch.arange(D, device=v.device) // group
+        if bias.shape[0] > 1
+        else torch.zeros(D, dtype=torch.long, device=v.device)
+    )
     logits = k.repeat_interleave(group, dim=-1)[:, None] + bias[heads].permute(1, 2, 0)[None]  # (B, T, T', D)
     if causal:
-        logits = logits.masked_fill(torch.ones(T, T, dtype=torch.bool, device=v.device).triu(1)[None, :, :, None], -math.inf)
+        logits = logits.masked_fill(
+            torch.ones(T, T, dtype=torch.bool, device=v.device).triu(1)[None, :, :, None], -math.inf
+        )
     avg = (torch.softmax(logits, dim=2) * values[:, None]).sum(dim=2)
     out = avg if q is None else torch.sigmoid(cast(q)) * avg
     return out if dtype is not None else out.to(v.dtype)
@@ -92,7 +100,9 @@ def aft_simple(q: Tensor | None, k: Tensor, v: Tensor, causal: bool = False) -> 
     return aft_dense(q, k, v, k.new_zeros(1, T, T), causal)
 
 
-def aft_local(q: Tensor | None, k: Tensor, v: Tensor, w: Tensor | FactorizedBias, window: int, causal: bool = False) -> Tensor:
+def aft_local(
+    q: Tensor | None, k: Tensor, v: Tensor, w: Tensor | FactorizedBias, window: int, causal: bool = False
+) -> Tensor:
     return aft_dense(q, k, v, local_bias(w, window), causal)
 
 

@@ -28,7 +28,6 @@ class Underflow(Exception):
     """A shifted denominator fell below ``MIN_SHIFTED_DENOMINATOR``: recompute exactly."""
 
 
-
 def global_exp(k: Tensor) -> tuple[Tensor, Tensor]:
     """``exp(k - max_t k)`` in float64 ``(B, T, C)`` and its shift ``(B, 1, C)``, one per channel.
 
@@ -40,13 +39,11 @@ def global_exp(k: Tensor) -> tuple[Tensor, Tensor]:
     return torch.exp(k.double() - key_max), key_max
 
 
-
 def check_key_range(lse: Tensor, key_max: Tensor) -> None:
     """Raise :class:`Underflow` if a log-normalizer lies more than ``MAX_KEY_RANGE`` under
     its channel's key maximum: past the reach of the float64 sums of :func:`global_exp`."""
     if not bool((lse - key_max >= -MAX_KEY_RANGE).all()):
         raise Underflow
-
 
 
 def query_factors(k: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
@@ -57,7 +54,6 @@ def query_factors(k: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
     """
     ek, key_max = global_exp(k)
     return ek, torch.exp(key_max - lse.double())
-
 
 
 def query_sums(x: Tensor, ek: Tensor, weight: Tensor, window: int, causal: bool) -> Tensor:
@@ -78,11 +74,9 @@ def query_sums(x: Tensor, ek: Tensor, weight: Tensor, window: int, causal: bool)
     return (per_channel(ek, G) * sums).to(x.dtype)
 
 
-
 def per_channel(x: Tensor, group: int, dim: int = -1) -> Tensor:
     """Repeat each key head ``group`` times along ``dim`` so it lines up with ``D`` channels."""
     return x if group == 1 else x.repeat_interleave(group, dim=dim)
-
 
 
 def outside_window_sums(x: Tensor, window: int, causal: bool, dim: int = 1) -> Tensor:
@@ -95,7 +89,6 @@ def outside_window_sums(x: Tensor, window: int, causal: bool, dim: int = 1) -> T
     if causal:
         return prefix
     return prefix + _shift(x.flip(dim).cumsum(dim).flip(dim), -window, dim)
-
 
 
 def _shift(x: Tensor, n: int, dim: int) -> Tensor:
@@ -111,4 +104,3 @@ def _shift(x: Tensor, n: int, dim: int) -> Tensor:
     if n > 0:
         return torch.cat([zeros, x.narrow(dim, 0, length - n)], dim)
     return torch.cat([x.narrow(dim, -n, length + n), zeros], dim)
-

@@ -73,7 +73,9 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path, fix:
     A checkpoint without that set, or of another model, is a :class:`CheckpointError` ending in ``fix``.
     """
     if key not in state:
-        raise CheckpointError(f"{path} holds no {key!r} weights (it has {sorted(k for k in state if 'model' in k)}): {fix}")
+        raise CheckpointError(
+            f"{path} holds no {key!r} weights (it has {sorted(k for k in state if 'model' in k)}): {fix}"
+        )
     try:
         model.load_state_dict(state[key])
     except RuntimeError as error:
@@ -93,8 +95,13 @@ def rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                  "has_gauss": has_gauss, "cached": cached},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

@@ -114,7 +114,9 @@ def check_model_fits_data(model: nn.Module, data: Any) -> None:
             f"set model.input_vocab_size={data.input_vocab_size}"
         )
     if seq_len is not None and seq_len < data.seq_len:
-        raise ValueError(f"data.seq_len={data.seq_len} exceeds model.seq_len={seq_len}: set model.seq_len=${{data.seq_len}}")
+        raise ValueError(
+            f"data.seq_len={data.seq_len} exceeds model.seq_len={seq_len}: set model.seq_len=${{data.seq_len}}"
+        )
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -190,7 +192,9 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
     if cfg.trainer.compile:
         train_model = torch.compile(train_model, mode=cfg.trainer.compile_mode)
     if dist.world_size > 1:
-        train_model = DistributedDataParallel(train_model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+        train_model = DistributedDataParallel(
+            train_model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None
+        )
 
     logger = None
     if dist.is_main:
@@ -285,7 +289,9 @@ def _train(cfg: DictConfig, run_dir: Path, dist: DistInfo, overrides: list[str])
 
                 if logger is not None and position.step % cfg.trainer.log_every == 0:
                     elapsed = time.perf_counter() - window_start
-                    metrics = _train_metrics(mean_loss.item(), data, elapsed, window_steps, window_samples, optimizer, dist)
+                    metrics = _train_metrics(
+                        mean_loss.item(), data, elapsed, window_steps, window_samples, optimizer, dist
+                    )
                     logger.log(position.step, metrics)
                     progress.set_postfix(loss=f"{metrics['train_loss']:.3f}")
                     window_start, window_samples, window_steps = time.perf_counter(), 0, 0

@@ -38,10 +38,20 @@ def _decoder(name: str) -> torch.nn.Module:
 def _vit(name: str) -> torch.nn.Module:
     if name.startswith("conv2d"):
         mixer = partial(L.AFTConv2d, heads=4, kernel_size=3, use_query=name != "conv2d_no_q")
-        return VisionTransformer(mixer, img_size=8, patch_size=2, num_classes=3, depth=1, dim=D,
-                                 class_token=False, position_embedding=False, spatial_mixer=True)
-    return VisionTransformer(SEQUENCE_MIXERS[name], img_size=8, patch_size=2, num_classes=3, depth=1, dim=D,
-                             class_token=False)
+        return VisionTransformer(
+            mixer,
+            img_size=8,
+            patch_size=2,
+            num_classes=3,
+            depth=1,
+            dim=D,
+            class_token=False,
+            position_embedding=False,
+            spatial_mixer=True,
+        )
+    return VisionTransformer(
+        SEQUENCE_MIXERS[name], img_size=8, patch_size=2, num_classes=3, depth=1, dim=D, class_token=False
+    )
 
 
 def _compare(model: torch.nn.Module, x: torch.Tensor, backend: str) -> None:

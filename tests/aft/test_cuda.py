@@ -41,10 +41,18 @@ def test_variants_on_cuda(causal: bool, scale: float) -> None:
     _check(AF.aft_full(q, k, v, w, causal), reference_aft(q, k, v, w[None], causal), scale)
     _check(AF.aft_simple(q, k, v, causal), reference_aft(q, k, v, torch.zeros_like(w)[None], causal), scale)
     for window in (32, 256):
-        _check(AF.aft_local(q, k, v, (u, f), window, causal), reference_aft(q, k, v, local_bias((u @ f.T).cpu(), window).cuda(), causal), scale)
+        _check(
+            AF.aft_local(q, k, v, (u, f), window, causal),
+            reference_aft(q, k, v, local_bias((u @ f.T).cpu(), window).cuda(), causal),
+            scale,
+        )
     kh = k[..., :8]
     kernel = torch.randn(8, 31, device="cuda", generator=g)
-    _check(AF.aft_conv1d(q, kh, v, kernel, causal), reference_aft(q, kh, v, conv1d_bias(kernel.cpu(), T, causal).cuda(), causal), scale)
+    _check(
+        AF.aft_conv1d(q, kh, v, kernel, causal),
+        reference_aft(q, kh, v, conv1d_bias(kernel.cpu(), T, causal).cuda(), causal),
+        scale,
+    )
 
 
 def test_conv2d_on_cuda() -> None:
@@ -52,7 +60,9 @@ def test_conv2d_on_cuda() -> None:
     g = torch.Generator(device="cuda").manual_seed(0)
     q, v = torch.randn(B, Y, X, D, device="cuda", generator=g), torch.randn(B, Y, X, D, device="cuda", generator=g)
     k, w = torch.randn(B, Y, X, 8, device="cuda", generator=g), torch.randn(8, 11, 11, device="cuda", generator=g)
-    ref = reference_aft(q.reshape(B, -1, D), k.reshape(B, -1, 8), v.reshape(B, -1, D), conv2d_bias(w.cpu(), Y, X).cuda(), False)
+    ref = reference_aft(
+        q.reshape(B, -1, D), k.reshape(B, -1, 8), v.reshape(B, -1, D), conv2d_bias(w.cpu(), Y, X).cuda(), False
+    )
     _check(AF.aft_conv2d(q, k, v, w), ref.reshape(B, Y, X, D))
 
 

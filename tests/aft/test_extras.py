@@ -14,7 +14,10 @@ from aft.training.logger import MetricLogger
 
 def test_a_missing_extra_names_its_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
-    with pytest.raises(MissingExtraError, match=r"data.source=parquet needs datasets, which is not installed: pip install 'aft\[parquet\]'"):
+    with pytest.raises(
+        MissingExtraError,
+        match=r"data.source=parquet needs datasets, which is not installed: pip install 'aft\[parquet\]'",
+    ):
         require("datasets", "data.source=parquet")
 
 
@@ -25,4 +28,7 @@ def test_wandb_logging_without_wandb_is_one_line(
     with pytest.raises(SystemExit) as stopped, user_errors_exit():
         MetricLogger(tmp_path, "offline", "aft", "run", {})
     assert stopped.value.code == 1
-    assert capsys.readouterr().err == "error: logger.wandb_mode=offline needs wandb, which is not installed: pip install 'aft[wandb]'\n"
+    assert (
+        capsys.readouterr().err
+        == "error: logger.wandb_mode=offline needs wandb, which is not installed: pip install 'aft[wandb]'\n"
+    )

@@ -130,7 +130,8 @@ def test_conv2d(grid: tuple[int, int], kernel: int, global_connectivity: bool) -
 
 
 @pytest.mark.parametrize(
-    ("heads", "kernel", "global_connectivity"), [(4, 3, True), (D, 5, True), (4, 3, False), (4, 15, True), (4, 15, False)]
+    ("heads", "kernel", "global_connectivity"),
+    [(4, 3, True), (D, 5, True), (4, 3, False), (4, 15, True), (4, 15, False)],
 )
 @pytest.mark.parametrize("scale", [1.0, 5.0])
 def test_conv2d_gradients_match_float64(
@@ -181,12 +182,16 @@ def test_causal_growing_keys_use_the_fast_path(monkeypatch: pytest.MonkeyPatch) 
     ref_simple = reference_aft(None, k, v, torch.zeros(1, n, n), True)
     _assert_close(AF.aft_simple(None, k, v, causal=True), ref_simple, 300.0)
     w = torch.randn(n, n)
-    _assert_close(AF.aft_local(None, k, v, w, 16, causal=True), reference_aft(None, k, v, local_bias(w, 16), True), 300.0)
+    _assert_close(
+        AF.aft_local(None, k, v, w, 16, causal=True), reference_aft(None, k, v, local_bias(w, 16), True), 300.0
+    )
     _assert_close(AF.aft_full(None, k, v, w, causal=True), reference_aft(None, k, v, w[None], True), 300.0)
 
 
 @pytest.mark.parametrize("variant", ["simple", "local"])
-def test_keys_spread_beyond_the_float64_range_take_the_exact_path(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keys_spread_beyond_the_float64_range_take_the_exact_path(
+    variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Early keys 1000 nats below later ones are past what the float64 scans hold: the call is
     recomputed by the exact path, values and gradients right."""
     calls = []
@@ -319,7 +324,9 @@ def test_causal_simple_saves_only_its_inputs_output_and_normalizer() -> None:
     q, k, v = (torch.randn(1, 256, 16, requires_grad=True) for _ in range(3))
     out = AF.aft_simple(q, k, v, causal=True)
     assert out.grad_fn is not None
-    assert saved_bytes(lambda: AF.aft_simple(q, k, v, causal=True)) <= 5 * q.numel() * q.element_size() + 1  # + the exact flag
+    assert (
+        saved_bytes(lambda: AF.aft_simple(q, k, v, causal=True)) <= 5 * q.numel() * q.element_size() + 1
+    )  # + the exact flag
 
 
 @pytest.mark.parametrize("scale", [1.0, 100.0])
@@ -364,7 +371,9 @@ def _banded_case(variant: str, causal: bool, scale: float):
 @pytest.mark.parametrize("variant", BANDED)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("scale", [1.0, 10.0])
-def test_banded_gradients_match_float64(variant: str, causal: bool, scale: float, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_banded_gradients_match_float64(
+    variant: str, causal: bool, scale: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """float32 gradients of AFT-local and AFT-conv1d (their own backward) against float64.
 
     Keys and biases of scale 10 span exp(+-30) and still take the fast path (larger ones

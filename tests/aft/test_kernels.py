@@ -49,7 +49,9 @@ interpreted = _marks(
     pytest.mark.interpreter,
     pytest.mark.skipif(not INTERPRETED, reason="runs under TRITON_INTERPRET=1 in test_interpreted_kernels"),
 )
-on_cuda = _marks(pytest.mark.cuda, pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs a CUDA device"))
+on_cuda = _marks(
+    pytest.mark.cuda, pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs a CUDA device")
+)
 
 B, T, D, HEADS = 1, 21, 8, 4  # 3 tiles of 8 rows in 2 chunks: the interpreter's cost grows with B T D
 Case = tuple[Callable[..., Tensor], Callable[..., Tensor], list[Tensor]]
@@ -108,24 +110,38 @@ def _case(
     if variant.startswith("simple"):
         zeros = torch.zeros(1, n, n, dtype=torch.float64)
         if variant == "simple_ungated":
-            return (lambda k, v: kernels.aft_simple(None, k, v, causal, blocks),
-                    lambda k, v: reference_aft(None, k, v, zeros, causal), [k, v])
-        return (lambda q, k, v: kernels.aft_simple(q, k, v, causal, blocks),
-                lambda q, k, v: reference_aft(q, k, v, zeros, causal), [q, k, v])
+            return (
+                lambda k, v: kernels.aft_simple(None, k, v, causal, blocks),
+                lambda k, v: reference_aft(None, k, v, zeros, causal),
+                [k, v],
+            )
+        return (
+            lambda q, k, v: kernels.aft_simple(q, k, v, causal, blocks),
+            lambda q, k, v: reference_aft(q, k, v, zeros, causal),
+            [q, k, v],
+        )
     if variant == "local_factorized":
         # u, f of scale sqrt(scale): the bias u f^T has the scale of the keys
         u, f = _randn(n, 3, scale=scale**0.5, seed=4), _randn(n, 3, scale=scale**0.5, seed=5)
-        return (lambda q, k, v, u, f: kernels.aft_local(q, k, v, (u, f), window, causal, blocks),
-                lambda q, k, v, u, f: reference_aft(q, k, v, local_bias(u @ f.T, window), causal), [q, k, v, u, f])
+        return (
+            lambda q, k, v, u, f: kernels.aft_local(q, k, v, (u, f), window, causal, blocks),
+            lambda q, k, v, u, f: reference_aft(q, k, v, local_bias(u @ f.T, window), causal),
+            [q, k, v, u, f],
+        )
     if variant == "local_dense":
         w = _randn(n, n, scale=scale, seed=4)
-        return (lambda q, k, v, w: kernels.aft_local(q, k, v, w, window, causal, blocks),
-                lambda q, k, v, w: reference_aft(q, k, v, local_bias(w, window), causal), [q, k, v, w])
+        return (
+            lambda q, k, v, w: kernels.aft_local(q, k, v, w, window, causal, blocks),
+            lambda q, k, v, w: reference_aft(q, k, v, local_bias(w, window), causal),
+            [q, k, v, w],
+        )
     global_connectivity = variant == "conv1d"
     w = _randn(HEADS, 4 if causal else 5, scale=scale, seed=4)
-    return (lambda q, k, v, w: kernels.aft_conv1d(q, k, v, w, causal, global_connectivity, blocks),
-            lambda q, k, v, w: reference_aft(q, k, v, conv1d_bias(w, n, causal, global_connectivity), causal),
-            [q, k, v, w])
+    return (
+        lambda q, k, v, w: kernels.aft_conv1d(q, k, v, w, causal, global_connectivity, blocks),
+        lambda q, k, v, w: reference_aft(q, k, v, conv1d_bias(w, n, causal, global_connectivity), causal),
+        [q, k, v, w],
+    )
 
 
 def _assert_close(out: Tensor, ref: Tensor, tol: float) -> None:
@@ -247,8 +263,14 @@ def test_causal_growing_keys(products: bool) -> None:
 @interpreted
 @pytest.mark.parametrize(
     "variant, products",
-    [("simple", False), ("local_factorized", False), ("local_dense", False), ("conv1d", False),
-     ("local_factorized", True), ("local_dense", True)],
+    [
+        ("simple", False),
+        ("local_factorized", False),
+        ("local_dense", False),
+        ("conv1d", False),
+        ("local_factorized", True),
+        ("local_dense", True),
+    ],
 )
 def test_causal_leakage(variant: str, products: bool) -> None:
     """Outputs at <= t ignore inputs after t, and their gradients vanish there (with tile
@@ -439,8 +461,11 @@ def test_forward_launches_take_only_forward_arrays(monkeypatch: pytest.MonkeyPat
     from aft.kernels.common import Blocks
 
     launches: list[tuple[str, tuple]] = []
-    monkeypatch.setattr(triton.runtime.jit.JITFunction, "run",
-                        lambda self, *args, grid, warmup, **kwargs: launches.append((self.__name__, args)))
+    monkeypatch.setattr(
+        triton.runtime.jit.JITFunction,
+        "run",
+        lambda self, *args, grid, warmup, **kwargs: launches.append((self.__name__, args)),
+    )
 
     def tensors(args: object) -> list[Tensor]:
         if isinstance(args, tuple):
@@ -453,8 +478,12 @@ def test_forward_launches_take_only_forward_arrays(monkeypatch: pytest.MonkeyPat
     with torch.no_grad():
         kernels.aft_local(None, k, v, (u, f), 5, False, _blocks())
         kernels.aft_conv2d(None, k2, v2, w2.float(), True, Blocks(d=8))
-    assert {name for name, _ in launches} == {"_summary_kernel", "_forward_kernel", "_row_totals_kernel",
-                                              "_row_prefix_kernel"}
+    assert {name for name, _ in launches} == {
+        "_summary_kernel",
+        "_forward_kernel",
+        "_row_totals_kernel",
+        "_row_prefix_kernel",
+    }
     for name, args in launches:
         given = tensors(args)
         assert all(t.numel() > 1 for t in given), name

@@ -72,10 +72,16 @@ def _case(
     k = _randn(batch, *grid, heads, scale=scale, seed=3)
     w = _randn(heads, size, size, scale=scale, seed=4)
     if not gated:
-        return (lambda k, v, w: kernels.aft_conv2d(None, k, v, w, global_connectivity, blocks),
-                lambda k, v, w: _reference(None, k, v, w, global_connectivity), [k, v, w])
-    return (lambda q, k, v, w: kernels.aft_conv2d(q, k, v, w, global_connectivity, blocks),
-            lambda q, k, v, w: _reference(q, k, v, w, global_connectivity), [q, k, v, w])
+        return (
+            lambda k, v, w: kernels.aft_conv2d(None, k, v, w, global_connectivity, blocks),
+            lambda k, v, w: _reference(None, k, v, w, global_connectivity),
+            [k, v, w],
+        )
+    return (
+        lambda q, k, v, w: kernels.aft_conv2d(q, k, v, w, global_connectivity, blocks),
+        lambda q, k, v, w: _reference(q, k, v, w, global_connectivity),
+        [q, k, v, w],
+    )
 
 
 # ------------------------------------------------------------------- interpreted (CPU)
@@ -123,7 +129,9 @@ def test_rejects_rows_wider_than_a_tile() -> None:
 def test_saves_inputs_output_and_lse_only() -> None:
     """Autograd keeps q, k, v, w, out and float32 lse: O(Y X D), nothing recomputable."""
     q, k, v, w = (x.float().requires_grad_() for x in _case(1.0)[2])
-    assert saved_bytes(lambda: kernels.aft_conv2d(q, k, v, w)) == 4 * q.nbytes + k.nbytes + w.nbytes  # q, v, out, lse; k; w
+    assert (
+        saved_bytes(lambda: kernels.aft_conv2d(q, k, v, w)) == 4 * q.nbytes + k.nbytes + w.nbytes
+    )  # q, v, out, lse; k; w
 
 
 @interpreted
@@ -156,15 +164,22 @@ def test_half_inputs_float32_core(dtype: torch.dtype) -> None:
 
 
 def _cuda_case(
-    scale: float, grid: tuple[int, int] = (32, 32), d: int = 64, heads: int = 8, size: int = 7,
+    scale: float,
+    grid: tuple[int, int] = (32, 32),
+    d: int = 64,
+    heads: int = 8,
+    size: int = 7,
     global_connectivity: bool = True,
 ) -> Case:
     """``(kernel, float64 PyTorch path, inputs)`` on the GPU, two batch elements, default launch shape."""
     q, v = _randn(2, *grid, d, seed=1, device="cuda"), _randn(2, *grid, d, seed=2, device="cuda")
     k = _randn(2, *grid, heads, scale=scale, seed=3, device="cuda")
     w = _randn(heads, size, size, scale=scale, seed=4, device="cuda")
-    return (lambda q, k, v, w: kernels.aft_conv2d(q, k, v, w, global_connectivity),
-            lambda q, k, v, w: AF.aft_conv2d(q, k, v, w, global_connectivity), [q, k, v, w])
+    return (
+        lambda q, k, v, w: kernels.aft_conv2d(q, k, v, w, global_connectivity),
+        lambda q, k, v, w: AF.aft_conv2d(q, k, v, w, global_connectivity),
+        [q, k, v, w],
+    )
 
 
 @on_cuda

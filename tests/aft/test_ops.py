@@ -26,7 +26,11 @@ def _loop_aft(q: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor, bias, ca
         for t in range(T):
             for c in range(D):
                 h = c // group
-                terms = [(math.exp(k[b, s, h] + bias(h, t, s)), float(v[b, s, c])) for s in range(T) if not (causal and s > t)]
+                terms = [
+                    (math.exp(k[b, s, h] + bias(h, t, s)), float(v[b, s, c]))
+                    for s in range(T)
+                    if not (causal and s > t)
+                ]
                 avg = sum(e * x for e, x in terms) / sum(e for e, _ in terms)
                 out[b, t, c] = avg if q is None else avg / (1 + math.exp(-q[b, t, c]))
     return out
@@ -41,16 +45,23 @@ def test_naive_reference_matches_loops() -> None:
     kernel = torch.randn(H, S, dtype=torch.float64)
     kh = torch.randn(B, T, H, dtype=torch.float64)
     for causal in (False, True):
-        torch.testing.assert_close(naive.aft_full(q, k, v, w, causal), _loop_aft(q, k, v, lambda h, t, s: float(w[t, s]), causal))
-        torch.testing.assert_close(naive.aft_simple(None, k, v, causal), _loop_aft(None, k, v, lambda h, t, s: 0.0, causal))
+        torch.testing.assert_close(
+            naive.aft_full(q, k, v, w, causal), _loop_aft(q, k, v, lambda h, t, s: float(w[t, s]), causal)
+        )
+        torch.testing.assert_close(
+            naive.aft_simple(None, k, v, causal), _loop_aft(None, k, v, lambda h, t, s: 0.0, causal)
+        )
         local = lambda h, t, s: float(w[t, s]) if abs(t - s) < 2 else 0.0  # noqa: E731
         torch.testing.assert_close(naive.aft_local(q, k, v, w, 2, causal), _loop_aft(q, k, v, local, causal))
         for connected in (True, False):
+
             def conv(h: int, t: int, s: int) -> float:
                 j = t - s if causal else s - t + S // 2
                 return float(kernel[h, j]) if 0 <= j < S else (0.0 if connected else -math.inf)
 
-            torch.testing.assert_close(naive.aft_conv1d(q, kh, v, kernel, causal, connected), _loop_aft(q, kh, v, conv, causal))
+            torch.testing.assert_close(
+                naive.aft_conv1d(q, kh, v, kernel, causal, connected), _loop_aft(q, kh, v, conv, causal)
+            )
     Y, X = 2, 3
     grid = torch.randn(H, S, S, dtype=torch.float64)
     k2 = torch.randn(B, Y * X, H, dtype=torch.float64)
@@ -83,7 +94,10 @@ def _opcheck_cases() -> dict[str, tuple]:
         "full_exact": (full._full, (t(B, T, D, scale=400.0), t(B, T, D), t(T, T, scale=400.0), False)),
         "banded": (banded._banded, (t(B, T, D), t(B, T, D), band, 3, True, True)),
         "banded_exact": (banded._banded, (t(B, T, D, scale=400.0), t(B, T, D), band, 3, True, True)),
-        "conv1d": (banded._banded, (t(B, T, 2), t(B, T, D), banded.conv1d_band_blocks(t(2, 3), 2, False), 2, False, False)),
+        "conv1d": (
+            banded._banded,
+            (t(B, T, 2), t(B, T, D), banded.conv1d_band_blocks(t(2, 3), 2, False), 2, False, False),
+        ),
         "simple_causal": (banded._simple_causal, (t(B, T, D), t(B, T, D))),
         "conv2d": (conv2d._conv2d, (t(B, 3, 4, 2), t(B, 3, 4, D), t(2, 3, 3), True)),
         "conv2d_exact": (conv2d._conv2d, (t(B, 3, 4, 2, scale=400.0), t(B, 3, 4, D), t(2, 3, 3, scale=400.0), False)),

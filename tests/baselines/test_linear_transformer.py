@@ -24,4 +24,3 @@ def test_matches_naive_quadratic_reference(causal: bool) -> None:
     expected = mixer.proj(heads_out.transpose(1, 2).reshape(b, t, d))
 
     torch.testing.assert_close(mixer(x), expected)
-

@@ -47,9 +47,7 @@ def test_equals_dense_attention_under_the_strided_masks(causal: bool, qk_ratio: 
     heads, qk_width = 4, int(DIM * qk_ratio)
     mixer = StridedSparseAttention(DIM, heads=heads, causal=causal, stride=STRIDE, qk_ratio=qk_ratio).double()
     x = torch.randn(2, T, DIM, dtype=torch.float64)
-    q, k, v = (
-        z.view(2, T, heads, -1).transpose(1, 2) for z in mixer.qkv(x).split([qk_width, qk_width, DIM], dim=-1)
-    )
+    q, k, v = (z.view(2, T, heads, -1).transpose(1, 2) for z in mixer.qkv(x).split([qk_width, qk_width, DIM], dim=-1))
     local, strided = strided_patterns(causal)
     allowed = torch.stack([local, local, strided, strided])
     scores = (q @ k.transpose(-2, -1) / (qk_width // heads) ** 0.5).masked_fill(~allowed, -torch.inf)

@@ -40,8 +40,15 @@ def tiny(depth: int = 4, dim: int = 64, dropout: float = 0.25) -> SparseTransfor
     torch.manual_seed(0)
     mixer = lambda dim: StridedSparseAttention(dim, heads=2, causal=True, stride=6, qk_ratio=0.5)  # noqa: E731
     return SparseTransformerDecoder(
-        mixer=mixer, vocab_size=16, seq_len=36, depth=depth, dim=dim, mlp_ratio=2, dropout=dropout,
-        input_vocab_size=17, data_shape=(3, 4, 3),
+        mixer=mixer,
+        vocab_size=16,
+        seq_len=36,
+        depth=depth,
+        dim=dim,
+        mlp_ratio=2,
+        dropout=dropout,
+        input_vocab_size=17,
+        data_shape=(3, 4, 3),
     )
 
 

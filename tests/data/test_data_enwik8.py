@@ -85,7 +85,10 @@ def test_zip_is_extracted_once_to_the_cache_dir(tmp_path: Path, enwik8_root: Pat
     assert extracted.read_bytes() == enwik8_bytes and dm.describe()["format"] == "zip"
     stamp = extracted.stat().st_mtime_ns
     make(enwik8_root, cache_dir=str(cache))
-    assert extracted.stat().st_mtime_ns == stamp and sorted(p.name for p in cache.iterdir()) == ["enwik8", "enwik8.crc32"]
+    assert extracted.stat().st_mtime_ns == stamp and sorted(p.name for p in cache.iterdir()) == [
+        "enwik8",
+        "enwik8.crc32",
+    ]
 
 
 def test_a_replaced_zip_is_extracted_again(tmp_path: Path, enwik8_bytes: bytes) -> None:

@@ -173,8 +173,13 @@ def test_randaugment_posterize_to_zero_bits_gives_a_black_image(imagenet_root: P
     from PIL import Image
     from timm.data import auto_augment
 
-    (op,) = [op for t in make(imagenet_root).datasets["train"].transform.transforms
-             if isinstance(t, RandAugment) for op in t.ops if op.name == "PosterizeIncreasing"]
+    (op,) = [
+        op
+        for t in make(imagenet_root).datasets["train"].transform.transforms
+        if isinstance(t, RandAugment)
+        for op in t.ops
+        if op.name == "PosterizeIncreasing"
+    ]
     image = Image.new("RGB", (8, 8), (200, 100, 50))
     assert np.asarray(op.aug_fn(image, 0)).max() == 0 and op.aug_fn(image, 8) is image
     assert np.array_equal(np.asarray(op.aug_fn(image, 2)), np.asarray(auto_augment.posterize(image, 2)))

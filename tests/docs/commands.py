@@ -77,7 +77,7 @@ def _split_comment(line: str) -> tuple[str, str]:
             shlex.split(head)
         except ValueError:  # the '#' is inside quotes
             continue
-        return head.rstrip(), line[match.end():]
+        return head.rstrip(), line[match.end() :]
     return line.rstrip(), ""
 
 
@@ -129,7 +129,9 @@ def block_commands(path: Path, text: str) -> list[Command]:
 def inline_commands(path: Path, text: str) -> list[Command]:
     """``python <script>.py ...`` quoted in running text (outside code blocks), without placeholders."""
     relative = _shown(path)
-    prose = re.sub(r"^\s*(```+|~~~+).*?^\s*\1\s*$", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.DOTALL | re.MULTILINE)
+    prose = re.sub(
+        r"^\s*(```+|~~~+).*?^\s*\1\s*$", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.DOTALL | re.MULTILINE
+    )
     commands = []
     for match in _INLINE.finditer(prose):
         span = " ".join(match.group(1).split())
@@ -174,6 +176,7 @@ def split_env(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 
 def shell_line(parts: list[list[str]]) -> str:
     """Argument lists as one ``&&`` shell line (assignments quoted after their ``=``)."""
+
     def word(arg: str) -> str:
         if _ENV.match(arg):
             name, value = arg.split("=", 1)
@@ -242,7 +245,9 @@ def stop_after_parsing() -> Iterator[None]:
             setattr(argparse.ArgumentParser, name, method)
 
 
-def _in_process(target: Any, argv0: str, args: list[str], env: dict[str, str], path: Path | None) -> argparse.Namespace | None:
+def _in_process(
+    target: Any, argv0: str, args: list[str], env: dict[str, str], path: Path | None
+) -> argparse.Namespace | None:
     """Call ``target()`` with ``sys.argv = [argv0, *args]`` in the repository root, parse-only;
     the namespace a parser stopped with (``None`` if the program ran to its end)."""
     output = io.StringIO()
@@ -295,7 +300,7 @@ def _sbatch(args: list[str], env: dict[str, str]) -> None:
     forward = _FORWARD.search((ROOT / script).read_text())
     if forward is None:
         raise DryRunError(f"{script}: no 'python <script>.py \"$@\"' line, so its arguments cannot be checked")
-    _python([forward.group(1), *args[args.index(script) + 1:]], env)
+    _python([forward.group(1), *args[args.index(script) + 1 :]], env)
 
 
 def _bash_syntax(path: Path) -> None:

@@ -82,7 +82,8 @@ def test_extraction_of_blocks_and_text(tmp_path: Path) -> None:
         Command(f"{doc}:1", "python train.py trainer.max_steps=2", "dry-run"),
     ]
     assert segments("A=1 python train.py x=1 && python eval.py 'a # b'") == [
-        ["A=1", "python", "train.py", "x=1"], ["python", "eval.py", "a # b"]
+        ["A=1", "python", "train.py", "x=1"],
+        ["python", "eval.py", "a # b"],
     ]
     with pytest.raises(ValueError, match="operator '<'"):
         segments("python eval.py runs/<run>")
@@ -90,7 +91,9 @@ def test_extraction_of_blocks_and_text(tmp_path: Path) -> None:
 
 def test_every_command_is_marked() -> None:
     unmarked = [f"{c.source}: {c.text}" for c in COMMANDS if c.mark is None]
-    assert not unmarked, "commands without a mark ([run], [dry-run], [ci], [none]; README.md, Extending):\n" + "\n".join(unmarked)
+    assert not unmarked, (
+        "commands without a mark ([run], [dry-run], [ci], [none]; README.md, Extending):\n" + "\n".join(unmarked)
+    )
 
 
 def test_install_commands_ask_for_existing_extras() -> None:
@@ -103,7 +106,9 @@ def test_install_commands_ask_for_existing_extras() -> None:
         if is_install(part)
         for extra in local_extras(part)
     }
-    assert set(asked) <= extras, f"extras not in pyproject.toml: { {e: s for e, s in asked.items() if e not in extras} }"
+    assert set(asked) <= extras, (
+        f"extras not in pyproject.toml: { {e: s for e, s in asked.items() if e not in extras} }"
+    )
 
 
 def test_ci_commands_are_lines_of_ci_run() -> None:
@@ -123,7 +128,10 @@ def copy_of_checkout(destination: Path) -> Path:
     """The checkout's files (tracked, and untracked ones git does not ignore) copied, then shrunk."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for name in filter(None, listed):
         source = ROOT / name
@@ -153,6 +161,14 @@ def test_cpu_commands_run_as_written(tmp_path: Path) -> None:
             continue
         line = shell_line(parts)
         result = subprocess.run(
-            ["bash", "-c", line], cwd=checkout, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
+            ["bash", "-c", line],
+            cwd=checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
         )
-        assert result.returncode == 0, f"{command.source}: {line}: exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        assert result.returncode == 0, (
+            f"{command.source}: {line}: exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )

@@ -30,8 +30,17 @@ EXPECTED_COUNTS = {
     "sec8": 3,  # default 80.8, sparsity 80.9, Gumbel 79.9
 }
 METRICS = {
-    "train_loss", "test_loss", "train_bpc", "test_bpc", "iters_per_sec", "gb_per_gpu",
-    "top1", "params_m", "params_per_layer_m", "images_per_sec", "mem_gb",
+    "train_loss",
+    "test_loss",
+    "train_bpc",
+    "test_bpc",
+    "iters_per_sec",
+    "gb_per_gpu",
+    "top1",
+    "params_m",
+    "params_per_layer_m",
+    "images_per_sec",
+    "mem_gb",
 }
 NOT_A_PAPER_ROW = {"embedded_text_aft_local", "embedded_images_aft_conv"}  # the CPU demos (text, images)
 

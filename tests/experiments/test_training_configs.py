@@ -19,19 +19,30 @@ def expected(name: str) -> dict[str, object]:
     """The paper's training hyper-parameters of experiment ``name``."""
     if name == "cifar10_sparse_transformer_strided_l128_d256":  # Table 2 quotes [7]: Child et al. 2019 §6, §7.1
         return {
-            "optim.lr": 3.5e-4, "optim.weight_decay": 0.01, "model.dropout": 0.25, "trainer.epochs": 120,
-            "trainer.batch_size": 128, "schedule._target_": "aft.training.optim.cosine",
+            "optim.lr": 3.5e-4,
+            "optim.weight_decay": 0.01,
+            "model.dropout": 0.25,
+            "trainer.epochs": 120,
+            "trainer.batch_size": 128,
+            "schedule._target_": "aft.training.optim.cosine",
         }
     if name.startswith("cifar10"):  # §5.1
         return {
-            "optim.lr": 3e-3, "optim.weight_decay": 0.1, "model.dropout": 0.1, "trainer.epochs": 200,
+            "optim.lr": 3e-3,
+            "optim.weight_decay": 0.1,
+            "model.dropout": 0.1,
+            "trainer.epochs": 200,
             "trainer.batch_size": 32 if name in TRANSFORMERS_AT_32 else 128,
             "schedule._target_": "aft.training.optim.inverse_sqrt",
         }
     if name.startswith("enwik8"):  # §5.2
         return {
-            "optim.lr": 3e-3, "optim.weight_decay": 0.5, "model.dropout": 0.1, "trainer.epochs": 100,
-            "trainer.batch_size": 128, "schedule._target_": "aft.training.optim.inverse_sqrt",
+            "optim.lr": 3e-3,
+            "optim.weight_decay": 0.5,
+            "model.dropout": 0.1,
+            "trainer.epochs": 100,
+            "trainer.batch_size": 128,
+            "schedule._target_": "aft.training.optim.inverse_sqrt",
         }
     fine_tuning = name in TABLE_8_TRAINED  # §5.3 "Compatibility with Transformers"
     return {  # §5.3: DeiT

@@ -25,7 +25,14 @@ def tiny_pair() -> tuple[torch.nn.Module, VisionTransformer]:
     deit = timm.create_model("deit_tiny_patch16_224", **SIZE)
     mixer = partial(AFTConv2d, heads=4, kernel_size=3)
     model = VisionTransformer(
-        mixer, img_size=64, depth=2, dim=32, num_classes=10, class_token=False, position_embedding=False, spatial_mixer=True
+        mixer,
+        img_size=64,
+        depth=2,
+        dim=32,
+        num_classes=10,
+        class_token=False,
+        position_embedding=False,
+        spatial_mixer=True,
     )
     return deit, model
 

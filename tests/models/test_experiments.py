@@ -61,10 +61,16 @@ DECODER_ROWS: dict[str, tuple[type, int, int, dict[str, Any]]] = {
     "enwik8_aft_local1024_l24_d256": (AFTLocal, 24, 256, {"window": 1024, "position_bias.u.shape": (1024, 256)}),
     # Table 6: longer sequences
     "enwik8_aft_local32_l24_d256_t2048": (
-        AFTLocal, 24, 256, {"window": 32, "seq_len": 2048, "position_bias.u.shape": (2048, 256)}
+        AFTLocal,
+        24,
+        256,
+        {"window": 32, "seq_len": 2048, "position_bias.u.shape": (2048, 256)},
     ),
     "enwik8_aft_local32_l24_d256_t4096": (
-        AFTLocal, 24, 256, {"window": 32, "seq_len": 4096, "position_bias.u.shape": (4096, 256)}
+        AFTLocal,
+        24,
+        256,
+        {"window": 32, "seq_len": 4096, "position_bias.u.shape": (4096, 256)},
     ),
     # not a paper row: the README's main job on the embedded text (the root config's default)
     "embedded_text_aft_local": (AFTLocal, 4, 128, {"window": 32, "causal": True}),
@@ -91,7 +97,10 @@ VIT_ROWS: dict[str, tuple[type, int, bool, dict[str, Any]]] = {
     "imagenet_aft_conv_small_k27_h384": (AFTConv2d, 384, False, {"kernel_size": 27, "heads": 384}),
     "imagenet_aft_conv_small_k7_h384_naive": (AFTConv2d, 384, False, {"kernel_size": 7, "position_bias.gain": None}),
     "imagenet_aft_conv_small_k7_h384_local_only": (
-        AFTConv2d, 384, False, {"kernel_size": 7, "heads": 384, "global_connectivity": False}
+        AFTConv2d,
+        384,
+        False,
+        {"kernel_size": 7, "heads": 384, "global_connectivity": False},
     ),
     # Table 12 "w/o q"
     "imagenet_aft_conv_small_k11_h384_noq": (AFTConv2d, 384, False, {"kernel_size": 11, "heads": 384, "to_q": None}),
@@ -99,7 +108,10 @@ VIT_ROWS: dict[str, tuple[type, int, bool, dict[str, Any]]] = {
     # §8: the model of the sparsity run is the default one (the regularizer is a trainer option)
     "imagenet_aft_conv_small_k11_h384_sparsity": (AFTConv2d, 384, False, {"kernel_size": 11, "heads": 384}),
     "imagenet_aft_conv_small_k11_h384_gumbel": (
-        AFTConv2d, 384, False, {"kernel_size": 11, "heads": 384, "position_bias.gumbel_tau": 0.5}
+        AFTConv2d,
+        384,
+        False,
+        {"kernel_size": 11, "heads": 384, "position_bias.gumbel_tau": 0.5},
     ),
     # §5.3 "Variable size inputs": the Table 7 kernel-15 model, evaluated on 384 crops
     "imagenet_aft_conv_small_k15_h384_eval384": (AFTConv2d, 384, False, {"kernel_size": 15, "heads": 384}),

@@ -97,7 +97,7 @@ def test_forward_intermediates_are_the_block_outputs_on_the_patch_grid() -> None
     torch.testing.assert_close(final, model.forward_features(images))
     for output, feature in zip(outputs, intermediates, strict=True):  # (B, 1 + Y X, D) -> (B, D, Y, X)
         torch.testing.assert_close(feature, output[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2))
-    (tokens, class_token), = model.forward_intermediates(
+    ((tokens, class_token),) = model.forward_intermediates(
         images, indices=[1], output_fmt="NLC", return_prefix_tokens=True, intermediates_only=True
     )
     torch.testing.assert_close(tokens, outputs[1][:, 1:])

@@ -58,20 +58,32 @@ SUITE_TIMEOUT_S = 3600  # 52 min measured on the loaded 2-core machine, docs/tim
 
 def patch_step() -> str:
     """The lines inserted into timm's ``tests/test_models.py`` before :data:`ANCHOR`."""
-    return "\n".join([
-        "# --- inserted by the aft project's tests/models/test_timm_suite.py ---",
-        "import aft.models  # registers the AFT and Lambda models with timm",
-        f"FEAT_INTER_FILTERS += [{MODULE!r}]",
-        f"NON_STD_FILTERS += {CLASS_TOKEN!r}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# --- inserted by the aft project's tests/models/test_timm_suite.py ---",
+            "import aft.models  # registers the AFT and Lambda models with timm",
+            f"FEAT_INTER_FILTERS += [{MODULE!r}]",
+            f"NON_STD_FILTERS += {CLASS_TOKEN!r}",
+            "",
+        ]
+    )
 
 
 def fetch_timm_tests(directory: Path) -> Path:
     """Download and unpack the installed timm's source distribution; its root."""
     version = timm.__version__
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               f"timm=={version}", "-d", str(directory)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"timm=={version}",
+        "-d",
+        str(directory),
+    ]
     fetched = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert fetched.returncode == 0, f"could not fetch timm {version}'s source distribution:\n{fetched.stderr}"
     (archive,) = directory.glob(f"timm-{version}.tar.gz")
@@ -111,12 +123,32 @@ def test_timm_model_suite_passes_on_every_registered_model(tmp_path: Path, capsy
     apply_patch(root / "tests" / "test_models.py")
     report = tmp_path / "report.xml"
     plugin_dir = Path(__file__).parent
-    env = {**os.environ, "AFT_TIMM_MODELS": ",".join(sorted(VARIANTS)),
-           "PYTHONPATH": os.pathsep.join([str(plugin_dir), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "AFT_TIMM_MODELS": ",".join(sorted(VARIANTS)),
+        "PYTHONPATH": os.pathsep.join([str(plugin_dir), os.environ.get("PYTHONPATH", "")]),
+    }
     env.pop("GITHUB_ACTIONS", None)  # the same test selection on every machine
-    command = [sys.executable, "-m", "pytest", "tests/test_models.py", "-c", "pyproject.toml", "--rootdir", ".",
-               "-p", "timm_suite_plugin", "-p", "no:timeout", "-p", "no:cacheprovider",
-               "-v", "-rs", "--durations=15", f"--junitxml={report}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/test_models.py",
+        "-c",
+        "pyproject.toml",
+        "--rootdir",
+        ".",
+        "-p",
+        "timm_suite_plugin",
+        "-p",
+        "no:timeout",
+        "-p",
+        "no:cacheprovider",
+        "-v",
+        "-rs",
+        "--durations=15",
+        f"--junitxml={report}",
+    ]
     run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S)
     with capsys.disabled():
         print(f"\n--- timm {timm.__version__} tests/test_models.py on our models ---\n{run.stdout}{run.stderr}")

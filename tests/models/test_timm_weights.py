@@ -23,11 +23,26 @@ FULL = "aft_full_tiny_patch16_224"
 LAMBDA = "lambda_tiny_patch16_224"
 # A 2-step AFT-full run of the classification demo on 32 x 32 images: 2 x 2 patches of 16, T = 5.
 AFT_FULL_RUN = [
-    "experiment=embedded_images_aft_conv", "model/mixer=aft_full", "~model.mixer.heads", "~model.mixer.kernel_size",
-    "data.image_size=32", "model.patch_size=16", "model.depth=1", "model.dim=16", "model.class_token=true",
-    "model.position_embedding=true", "model.spatial_mixer=false", "model.mixer.seq_len=5",
-    "model.mixer.bias_dim=128", "data.num_train=32", "data.num_test=16", "trainer.batch_size=8",
-    "trainer.eval_batch_size=16", "trainer.eval_batches=1", "trainer.max_steps=2", "trainer.checkpoint_every=2",
+    "experiment=embedded_images_aft_conv",
+    "model/mixer=aft_full",
+    "~model.mixer.heads",
+    "~model.mixer.kernel_size",
+    "data.image_size=32",
+    "model.patch_size=16",
+    "model.depth=1",
+    "model.dim=16",
+    "model.class_token=true",
+    "model.position_embedding=true",
+    "model.spatial_mixer=false",
+    "model.mixer.seq_len=5",
+    "model.mixer.bias_dim=128",
+    "data.num_train=32",
+    "data.num_test=16",
+    "trainer.batch_size=8",
+    "trainer.eval_batch_size=16",
+    "trainer.eval_batches=1",
+    "trainer.max_steps=2",
+    "trainer.checkpoint_every=2",
     "trainer.eval_every=0",
 ]
 RUN_MODEL = {"depth": 1, "dim": 16, "num_classes": 10}  # the run's model, as create_model keywords
@@ -96,4 +111,3 @@ def test_a_model_saved_for_the_hub_loads_from_its_folder(tmp_path: Path) -> None
     loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
     images = torch.randn(1, 3, 224, 224)
     torch.testing.assert_close(loaded(images), model(images))
-

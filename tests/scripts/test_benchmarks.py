@@ -23,8 +23,14 @@ ROOT = SCRIPTS.parent
 
 def run_script(name: str, out: Path, *args: str, env: dict[str, str] | None = None) -> dict:
     command = [sys.executable, str(SCRIPTS / name), "--device", "cpu", "--repeats", "1", "--out", str(out), *args]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=None if env is None else {**os.environ, **env})
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=None if env is None else {**os.environ, **env},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(out.read_text())
     assert record["command"].startswith(f"python {SCRIPTS / name}") and "CPU" in record["device"]
@@ -34,8 +40,19 @@ def run_script(name: str, out: Path, *args: str, env: dict[str, str] | None = No
 
 def test_bench_ops_records_every_operator_at_every_length(tmp_path: Path) -> None:
     record = run_script(
-        "bench_ops.py", tmp_path / "ops.json", "--batch", "1", "--dim", "16", "--heads", "2", "--bias-dim", "4",
-        "--lengths", "36", "64",
+        "bench_ops.py",
+        tmp_path / "ops.json",
+        "--batch",
+        "1",
+        "--dim",
+        "16",
+        "--heads",
+        "2",
+        "--bias-dim",
+        "4",
+        "--lengths",
+        "36",
+        "64",
     )
     ops = {row["op"] for row in record["rows"]}
     assert {"aft_simple", "aft_local_w32", "aft_conv1d_k32_h8", "aft_full", "attention_sdpa_h8"} <= ops
@@ -53,27 +70,69 @@ def test_bench_ops_times_each_kernel_variant_where_the_kernels_run(tmp_path: Pat
     ``[triton]`` and ``[torch]``, AFT-local also as ``[triton products]``."""
     pytest.importorskip("triton")
     record = run_script(
-        "bench_ops.py", tmp_path / "ops.json", "--batch", "1", "--dim", "16", "--heads", "2", "--bias-dim", "4",
-        "--lengths", "16", env={"TRITON_INTERPRET": "1"},
+        "bench_ops.py",
+        tmp_path / "ops.json",
+        "--batch",
+        "1",
+        "--dim",
+        "16",
+        "--heads",
+        "2",
+        "--bias-dim",
+        "4",
+        "--lengths",
+        "16",
+        env={"TRITON_INTERPRET": "1"},
     )
     ops = {row["op"] for row in record["rows"]}
-    assert {"aft_local_w32[triton]", "aft_local_w32[triton products]", "aft_local_w32[torch]",
-            "aft_simple[triton]", "aft_simple[torch]"} <= ops
+    assert {
+        "aft_local_w32[triton]",
+        "aft_local_w32[triton products]",
+        "aft_local_w32[torch]",
+        "aft_simple[triton]",
+        "aft_simple[torch]",
+    } <= ops
     assert not any(op.startswith(("aft_simple", "aft_conv")) and "products" in op for op in ops)
 
 
 def test_bench_revision_times_both_versions_of_every_operator(tmp_path: Path) -> None:
     record = run_script(
-        "bench_revision.py", tmp_path / "revision.json", "--rev", "HEAD", "--batch", "1", "--dim", "16",
-        "--heads", "2", "--bias-dim", "4", "--lengths", "36", "--model-length", "32", "--image-size", "8",
-        "--depth", "1", "--repeats", "1",
+        "bench_revision.py",
+        tmp_path / "revision.json",
+        "--rev",
+        "HEAD",
+        "--batch",
+        "1",
+        "--dim",
+        "16",
+        "--heads",
+        "2",
+        "--bias-dim",
+        "4",
+        "--lengths",
+        "36",
+        "--model-length",
+        "32",
+        "--image-size",
+        "8",
+        "--depth",
+        "1",
+        "--repeats",
+        "1",
     )
     ops = [row for row in record["rows"] if row["kind"] == "op"]
     assert {row["op"] for row in ops} == {
-        "aft_simple", "aft_local_w32", "aft_local_w256", "aft_conv1d_k32_h8", "aft_full", "aft_conv2d_k7_h8_bidirectional"
+        "aft_simple",
+        "aft_local_w32",
+        "aft_local_w256",
+        "aft_conv1d_k32_h8",
+        "aft_full",
+        "aft_conv2d_k7_h8_bidirectional",
     }
     assert {row["op"] for row in record["rows"] if row["kind"] == "model"} == {
-        "decoder_aft_local_w32", "decoder_aft_simple", "vit_aft_conv2d_k7"
+        "decoder_aft_local_w32",
+        "decoder_aft_simple",
+        "vit_aft_conv2d_k7",
     }
     for row in record["rows"]:
         assert set(row["seconds"]) == {"HEAD", "working tree", "working tree (rerun)"}
@@ -91,8 +150,20 @@ def test_bench_revision_names_the_fix_for_an_unknown_revision(tmp_path: Path) ->
 
 def test_bench_decode_times_recurrent_and_recomputed_sampling(tmp_path: Path) -> None:
     record = run_script(
-        "bench_decode.py", tmp_path / "decode.json", "--tokens", "24", "--depth", "1", "--dim", "16",
-        "--window", "4", "--bias-dim", "4", "--probes", "3",
+        "bench_decode.py",
+        tmp_path / "decode.json",
+        "--tokens",
+        "24",
+        "--depth",
+        "1",
+        "--dim",
+        "16",
+        "--window",
+        "4",
+        "--bias-dim",
+        "4",
+        "--probes",
+        "3",
     )
     rows = {row["mixer"]: row for row in record["rows"]}
     assert set(rows) == {"aft_simple", "aft_local_w4"}
@@ -105,8 +176,20 @@ def test_bench_aft_pytorch_times_both_packages_and_records_their_defects(tmp_pat
     """Runs where ``aft-pytorch`` is installed (it is not a dependency of ours)."""
     pytest.importorskip("aft_pytorch")
     record = run_script(
-        "bench_aft_pytorch.py", tmp_path / "aft_pytorch.json", "--batch", "1", "--length", "32", "--dim", "8",
-        "--window", "4", "--local-length", "16", "--check-length", "16",
+        "bench_aft_pytorch.py",
+        tmp_path / "aft_pytorch.json",
+        "--batch",
+        "1",
+        "--length",
+        "32",
+        "--dim",
+        "8",
+        "--window",
+        "4",
+        "--local-length",
+        "16",
+        "--check-length",
+        "16",
     )
     rows = record["rows"]
     assert {(row["variant"], row["package"]) for row in rows} == {
@@ -131,7 +214,9 @@ def test_bench_model_measures_every_mixer_of_a_shape(monkeypatch: pytest.MonkeyP
         return alternating_medians(runs, *args)
 
     monkeypatch.setattr(bench, "alternating_medians", counted)
-    rows = bench.run(argparse.Namespace(batch=1, repeats=1, sweep=[16, 32], compile_mode=None), bench.torch.device("cpu"))
+    rows = bench.run(
+        argparse.Namespace(batch=1, repeats=1, sweep=[16, 32], compile_mode=None), bench.torch.device("cpu")
+    )
     measured = [row for row in rows if "skipped" not in row]
     assert {row["mixer"] for row in measured} >= {"transformer", "aft_local", "aft_simple"}
     assert all(row["memory_kind"] == "saved_for_backward" and row["memory_bytes"] > 0 for row in measured)
@@ -174,7 +259,9 @@ def test_profile_model_splits_a_step_by_op(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setattr(profiler, "DEPTH", 1)
     monkeypatch.setattr(profiler, "DIM", 16)
     out = tmp_path / "profile.json"
-    monkeypatch.setattr(sys, "argv", ["profile_model.py", "--device", "cpu", "--batch", "1", "--top", "3", "--out", str(out)])
+    monkeypatch.setattr(
+        sys, "argv", ["profile_model.py", "--device", "cpu", "--batch", "1", "--top", "3", "--out", str(out)]
+    )
     profiler.main()
     rows = json.loads(out.read_text())["rows"]
     assert [row["mixer"] for row in rows] == ["transformer", "aft_local", "aft_simple"]

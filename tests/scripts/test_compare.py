@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from aft.commands import compare
 from aft.experiments import compose_experiment
+
 PAPER = Path(__file__).resolve().parents[2] / "results" / "paper_tables.csv"
 ENWIK8 = "enwik8_aft_local32_l24_d256"
 K15 = "imagenet_aft_conv_small_k15_h384"
@@ -34,8 +35,15 @@ def record(
 ) -> dict:
     """A record as eval.py writes it, of a run of ``experiment`` launched with ``run_overrides``."""
     return {
-        "experiment": experiment, "config_hash": "0" * 12, "split": split, "step": 1000, "device": "test GPU",
-        "overrides": overrides or [], "created": created, "command": "python eval.py ...", "commit": "0123abc",
+        "experiment": experiment,
+        "config_hash": "0" * 12,
+        "split": split,
+        "step": 1000,
+        "device": "test GPU",
+        "overrides": overrides or [],
+        "created": created,
+        "command": "python eval.py ...",
+        "commit": "0123abc",
         "config": config(experiment, *run_overrides, *(overrides or [])),
         "train_objective": None if train_loss is None else {"loss": train_loss, "first_step": 900, "last_step": 1000},
         "metrics": {"count": 10, "complete": True, **metrics},
@@ -51,18 +59,35 @@ SYNTHETIC = {
     "train.json": record(ENWIK8, "train", "2026-03-01T00:00:00+00:00", loss=0.3, bits=0.5, unit="bpc"),
     "valid.json": record(ENWIK8, "valid", "2026-03-01T00:00:00+00:00", loss=0.1, bits=0.5, unit="bpc"),
     "cifar.json": {
-        **record("cifar10_aft_simple_l24_d256", "test", "2026-02-01T00:00:00+00:00", loss=2.0, bits=2.95, unit="bits_per_dim"),
+        **record(
+            "cifar10_aft_simple_l24_d256", "test", "2026-02-01T00:00:00+00:00", loss=2.0, bits=2.95, unit="bits_per_dim"
+        ),
         "weights": "model_ema",
     },
     "k15.json": record(
-        K15, "val", "2026-02-01T00:00:00+00:00", train_loss=2.9, loss=1.0, top1=80.5, top5=95.0,
-        samples_per_sec=900.0, mem_gb=3.0,
+        K15,
+        "val",
+        "2026-02-01T00:00:00+00:00",
+        train_loss=2.9,
+        loss=1.0,
+        top1=80.5,
+        top5=95.0,
+        samples_per_sec=900.0,
+        mem_gb=3.0,
     ),
     "k15_384.json": record(
-        K15, "val", "2026-02-02T00:00:00+00:00", ["data.eval_image_size=384"], loss=1.0, top1=81.2, top5=95.0,
+        K15,
+        "val",
+        "2026-02-02T00:00:00+00:00",
+        ["data.eval_image_size=384"],
+        loss=1.0,
+        top1=81.2,
+        top5=95.0,
     ),
     "partial.json": {
-        **record("imagenet_aft_conv_small_k11_h384", "val", "2026-02-03T00:00:00+00:00", loss=1.0, top1=10.0, top5=20.0),
+        **record(
+            "imagenet_aft_conv_small_k11_h384", "val", "2026-02-03T00:00:00+00:00", loss=1.0, top1=10.0, top5=20.0
+        ),
         "metrics": {"loss": 1.0, "top1": 10.0, "top5": 20.0, "count": 3, "complete": False},
     },
 }
@@ -76,9 +101,18 @@ def run(tmp_path: Path, records: dict[str, dict]) -> str:
     report, figures = tmp_path / "out" / "REPORT.md", tmp_path / "out" / "figures"
     compare.main(["--tables", str(PAPER), "--runs", str(runs), "--report", str(report), "--figures", str(figures)])
     pngs = sorted(p.name for p in figures.glob("*.png"))
-    assert pngs == [f"table{t}_{kind}.png" for t, kind in
-                    [("11", "curve"), ("2", "speed_memory"), ("4", "speed_memory"), ("5", "curve"),
-                     ("6", "curve"), ("7", "speed_memory"), ("8", "speed_memory")]]
+    assert pngs == [
+        f"table{t}_{kind}.png"
+        for t, kind in [
+            ("11", "curve"),
+            ("2", "speed_memory"),
+            ("4", "speed_memory"),
+            ("5", "curve"),
+            ("6", "curve"),
+            ("7", "speed_memory"),
+            ("8", "speed_memory"),
+        ]
+    ]
     return report.read_text()
 
 
@@ -111,7 +145,10 @@ def test_report_with_some_runs(tmp_path: Path) -> None:
     assert "80.8 / not measured" in row(report, "Table 7:", "AFT-conv small kernel=11 heads=384")  # incomplete
     assert "76.9 / not run" in row(report, "Table 7:", "ResNet50 kernel=3")
     assert "3.14 / no config" in row(report, "Table 2:", "PixelCNN")
-    assert "- `new.json`: split test, trained weights, step 1000, test GPU, 2026-02-01T00:00:00+00:00, commit 0123abc" in report
+    assert (
+        "- `new.json`: split test, trained weights, step 1000, test GPU, 2026-02-01T00:00:00+00:00, commit 0123abc"
+        in report
+    )
     assert "- `cifar.json`: split test, EMA weights, step 1000" in report
     assert "old.json" not in report and "valid.json" not in report and "train.json" not in report
     assert "logged steps" in section(report, "Table 11:") and "logged steps" in section(report, "Table 4:")
@@ -123,11 +160,20 @@ def test_only_records_of_the_experiments_config_count(tmp_path: Path) -> None:
     shrunk = ("model.depth=1", "model.dim=32", "trainer.max_steps=20")
     elsewhere = ("data.root=/elsewhere/enwik8", "trainer.device=cpu", "trainer.log_every=1", "data.num_workers=0")
     records = {
-        "paper.json": record(ENWIK8, "test", "2026-02-01T00:00:00+00:00", run_overrides=elsewhere, loss=0.8, bits=1.16, unit="bpc"),
-        "shrunk.json": record(ENWIK8, "test", "2026-03-01T00:00:00+00:00", run_overrides=shrunk, loss=3.0, bits=4.3, unit="bpc"),
+        "paper.json": record(
+            ENWIK8, "test", "2026-02-01T00:00:00+00:00", run_overrides=elsewhere, loss=0.8, bits=1.16, unit="bpc"
+        ),
+        "shrunk.json": record(
+            ENWIK8, "test", "2026-03-01T00:00:00+00:00", run_overrides=shrunk, loss=3.0, bits=4.3, unit="bpc"
+        ),
         "cifar.json": record(
-            "cifar10_aft_simple_l24_d256", "test", "2026-02-01T00:00:00+00:00", run_overrides=("seed=1",),
-            loss=2.0, bits=2.95, unit="bits_per_dim",
+            "cifar10_aft_simple_l24_d256",
+            "test",
+            "2026-02-01T00:00:00+00:00",
+            run_overrides=("seed=1",),
+            loss=2.0,
+            bits=2.95,
+            unit="bits_per_dim",
         ),
     }
     report = run(tmp_path, records)

@@ -23,15 +23,28 @@ def test_every_kernel_launch_compiles_for_sm90(tmp_path: Path) -> None:
     out = tmp_path / "compiled.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # compile afresh
-    command = [sys.executable, str(SCRIPTS / "compile_kernels.py"), "--arch", "90", "--dtypes", "float32", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(SCRIPTS / "compile_kernels.py"),
+        "--arch",
+        "90",
+        "--dtypes",
+        "float32",
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(command, cwd=SCRIPTS.parent, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads(out.read_text())
     assert record["target"] == "sm_90"
     kernels = {(row["kernel"].rsplit(".", 1)[-1], row["kernel"].split(".")[2]) for row in record["rows"]}
     assert kernels == {
-        ("_forward_kernel", "banded"), ("_backward_kernel", "banded"), ("_summary_kernel", "banded"),
-        ("_forward_kernel", "conv2d"), ("_backward_kernel", "conv2d"), ("_row_totals_kernel", "conv2d"),
+        ("_forward_kernel", "banded"),
+        ("_backward_kernel", "banded"),
+        ("_summary_kernel", "banded"),
+        ("_forward_kernel", "conv2d"),
+        ("_backward_kernel", "conv2d"),
+        ("_row_totals_kernel", "conv2d"),
         ("_row_prefix_kernel", "conv2d"),
     }
     products = [row for row in record["rows"] if row["constexprs"].get("PRODUCTS") == "True"]

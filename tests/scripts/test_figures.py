@@ -47,8 +47,9 @@ def test_position_biases(tmp_path: Path, experiment: str, overrides: list[str]) 
 def test_gumbel_kernels_keep_one_position_per_head() -> None:
     """§8, Eq. 10: at inference each head has a single non-zero exp(w) - 1."""
     model, _ = position_biases.load(
-        position_biases.parser_with_model("").parse_args(["--random-init", "imagenet_aft_conv_small_k11_h384_gumbel",
-                                                           *TINY_CONV, "--out", "x.png"])
+        position_biases.parser_with_model("").parse_args(
+            ["--random-init", "imagenet_aft_conv_small_k11_h384_gumbel", *TINY_CONV, "--out", "x.png"]
+        )
     )
     torch.nn.init.normal_(model.blocks[0].mixer.position_bias.gain)  # away from the all-zero initialization
     kernels = position_biases.conv_kernels(model.blocks[0].mixer, heads=16)
@@ -57,28 +58,64 @@ def test_gumbel_kernels_keep_one_position_per_head() -> None:
 
 def test_position_biases_refuse_a_model_without_them(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="learns no position biases"):
-        position_biases.main(["--random-init", "cifar10_aft_simple_l24_d256", "model.depth=1", "model.dim=16",
-                              "--out", str(tmp_path / "x.png")])
+        position_biases.main(
+            [
+                "--random-init",
+                "cifar10_aft_simple_l24_d256",
+                "model.depth=1",
+                "model.dim=16",
+                "--out",
+                str(tmp_path / "x.png"),
+            ]
+        )
 
 
 def test_image_completion_keeps_the_top_half(tmp_path: Path) -> None:
     """Fig. 4: the prefix is the given top half; the sampled bottom half has the image's shape."""
-    model, cfg = image_completion.load(image_completion.parser_with_model("").parse_args(
-        ["--random-init", "cifar10_aft_local256_l24_d256", *TINY_DECODER, *PIXEL_GRATINGS, "--out", "x.png"]))
+    model, cfg = image_completion.load(
+        image_completion.parser_with_model("").parse_args(
+            ["--random-init", "cifar10_aft_local256_l24_d256", *TINY_DECODER, *PIXEL_GRATINGS, "--out", "x.png"]
+        )
+    )
     images = instantiate(cfg.data).images["test"][:3]
     completed = image_completion.complete(model, images, 2, 1.0, torch.Generator().manual_seed(0))
     assert completed.shape == (6, 4, 4, 3)
     assert (completed[:, :2] == images.repeat(2, axis=0)[:, :2]).all()
     out = tmp_path / "completion.png"
-    image_completion.main(["--random-init", "cifar10_aft_local256_l24_d256", *TINY_DECODER, *PIXEL_GRATINGS,
-                           "--num-images", "3", "--samples", "2", "--out", str(out)])
+    image_completion.main(
+        [
+            "--random-init",
+            "cifar10_aft_local256_l24_d256",
+            *TINY_DECODER,
+            *PIXEL_GRATINGS,
+            "--num-images",
+            "3",
+            "--samples",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert png_shape(out)[2] in (3, 4)
 
 
 def test_key_maps(tmp_path: Path) -> None:
     out = tmp_path / "keys.png"
-    key_maps.main(["--random-init", "imagenet_aft_conv_small_k11_h384", *TINY_CONV, *GRATINGS, "data.image_size=64",
-                   "--index", "2", "--heads", "4", "--out", str(out)])
+    key_maps.main(
+        [
+            "--random-init",
+            "imagenet_aft_conv_small_k11_h384",
+            *TINY_CONV,
+            *GRATINGS,
+            "data.image_size=64",
+            "--index",
+            "2",
+            "--heads",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert png_shape(out)[2] in (3, 4)
 
 

@@ -21,12 +21,34 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # What defines a row: kept exactly by the shrink (lengths and sizes may change).
 DEFINING = (
-    "model._target_", "model.model_name", "model.mixer._target_", "model.mixer.causal", "model.mixer.use_query",
-    "model.mixer.reparam", "model.mixer.global_connectivity", "model.mixer.gumbel_tau", "model.mixer.qk_ratio",
-    "model.dropout", "model.drop_path_rate", "model.drop_rate", "model.class_token", "model.position_embedding",
-    "model.mlp_ratio", "data._target_", "data.auto_augment", "data.re_prob", "data.mixup", "data.cutmix",
-    "data.label_smoothing", "data.repeated_aug", "optim", "schedule._target_", "trainer.precision",
-    "trainer.grad_clip", "trainer.sparsity_weight", "model_init._target_",
+    "model._target_",
+    "model.model_name",
+    "model.mixer._target_",
+    "model.mixer.causal",
+    "model.mixer.use_query",
+    "model.mixer.reparam",
+    "model.mixer.global_connectivity",
+    "model.mixer.gumbel_tau",
+    "model.mixer.qk_ratio",
+    "model.dropout",
+    "model.drop_path_rate",
+    "model.drop_rate",
+    "model.class_token",
+    "model.position_embedding",
+    "model.mlp_ratio",
+    "data._target_",
+    "data.auto_augment",
+    "data.re_prob",
+    "data.mixup",
+    "data.cutmix",
+    "data.label_smoothing",
+    "data.repeated_aug",
+    "optim",
+    "schedule._target_",
+    "trainer.precision",
+    "trainer.grad_clip",
+    "trainer.sparsity_weight",
+    "model_init._target_",
 )
 
 
@@ -64,10 +86,15 @@ def test_ci_subset_covers_every_table_and_code_path() -> None:
     assert set().union(*tables.values()) == set().union(*(tables.get(name, set()) for name in subset))
     assert len(subset) < len(configs) // 2
     own_paths = (  # the rows the paper varies one switch for: each is the only row with its switch
-        "cifar10_aft_local256_l24_d256_dense", "imagenet_aft_full_small_dense", "imagenet_aft_conv_small_k11_h384_noq",
-        "imagenet_aft_conv_small_k11_h384_gumbel", "imagenet_aft_conv_small_k11_h384_sparsity",
-        "imagenet_aft_conv_small_k7_h384_local_only", "imagenet_aft_conv_small_k7_h384_naive",
-        "imagenet_aft_conv_small_k15_h384_eval384", "imagenet_aft_conv_base_k25_h32_ft384",
+        "cifar10_aft_local256_l24_d256_dense",
+        "imagenet_aft_full_small_dense",
+        "imagenet_aft_conv_small_k11_h384_noq",
+        "imagenet_aft_conv_small_k11_h384_gumbel",
+        "imagenet_aft_conv_small_k11_h384_sparsity",
+        "imagenet_aft_conv_small_k7_h384_local_only",
+        "imagenet_aft_conv_small_k7_h384_naive",
+        "imagenet_aft_conv_small_k15_h384_eval384",
+        "imagenet_aft_conv_base_k25_h32_ft384",
     )
     assert set(own_paths) <= set(subset)
     mixers = {cfg.model.mixer._target_ for cfg in configs.values() if "mixer" in cfg.model}

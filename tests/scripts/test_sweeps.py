@@ -61,7 +61,10 @@ def test_dry_run_prints_one_shell_quoted_multirun() -> None:
     root, micro = OverridesParser.create().parse_overrides(command[7:])  # one-value sweeps of the same values
     assert (root.key_or_group, list(root.sweep_iterator())) == ("data.root", ["/data/my enwik8"])
     assert (micro.key_or_group, list(micro.sweep_iterator())) == ("trainer.micro_batch_size", [8])
-    assert lines[2] == "job 0: experiment=enwik8_aft_simple_l24_d256 'data.root=/data/my enwik8' trainer.micro_batch_size=8"
+    assert (
+        lines[2]
+        == "job 0: experiment=enwik8_aft_simple_l24_d256 'data.root=/data/my enwik8' trainer.micro_batch_size=8"
+    )
     assert len(lines) == 2 + len(paper_experiments("5"))
 
 
@@ -82,6 +85,8 @@ def test_unknown_table_or_experiment_is_refused_before_submitting(tmp_path: Path
     tables = tmp_path / "tables.yaml"
     tables.write_text("bad: {about: x, experiments: [no_such_experiment]}\n")
     for args in (["table99"], ["bad", "--tables", str(tables)]):
-        result = subprocess.run([sys.executable, "scripts/sweep.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "scripts/sweep.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 1 and result.stderr.startswith("error: "), result.stderr
     assert "no_such_experiment" in result.stderr

@@ -21,13 +21,22 @@ ROOT = Path(__file__).resolve().parents[2]
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
 # The embedded default experiment shrunk to seconds on one CPU (its mixer window 32 = seq_len).
 TINY = [
-    "model.depth=1", "model.dim=32", "data.seq_len=32", "trainer.batch_size=4", "trainer.device=cpu",
-    "trainer.eval_every=0", "trainer.log_every=10",
+    "model.depth=1",
+    "model.dim=32",
+    "data.seq_len=32",
+    "trainer.batch_size=4",
+    "trainer.device=cpu",
+    "trainer.eval_every=0",
+    "trainer.log_every=10",
 ]
 # A CPU-only node shape for the submitit launcher (configs/hydra/launcher/slurm_v100.yaml).
 LAUNCHER_SHAPE = [
-    "hydra/launcher=slurm_v100", "hydra.launcher.tasks_per_node=1", "hydra.launcher.gpus_per_node=0",
-    "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10",
+    "hydra/launcher=slurm_v100",
+    "hydra.launcher.tasks_per_node=1",
+    "hydra.launcher.gpus_per_node=0",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "hydra.launcher.timeout_min=10",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -60,7 +69,9 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> No
     deadline = time.time() + timeout
     while not condition():
         if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; the cluster:\n{cluster_snapshot()}")
+            raise AssertionError(
+                f"timed out after {timeout:.0f} s waiting for {what}; the cluster:\n{cluster_snapshot()}"
+            )
         time.sleep(1)
 
 
@@ -79,7 +90,9 @@ def launch(cwd: Path, overrides: Sequence[str]) -> subprocess.Popen:
 
 def state(job_id: str) -> str:
     """The job's state in accounting (COMPLETED, CANCELLED, RUNNING, PENDING, ...; '' before it is known)."""
-    result = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True, timeout=30
+    )
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     return lines[-1].split()[0].rstrip("+") if lines else ""  # "CANCELLED by 0" -> CANCELLED
 
@@ -100,7 +113,9 @@ def starts(run: Path | None) -> list[dict]:
 def last_logged_step(run: Path | None) -> int:
     if run is None or not (run / "metrics.jsonl").is_file():
         return 0
-    steps = [json.loads(line).get("step", 0) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [
+        json.loads(line).get("step", 0) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
     return max(steps, default=0)
 
 

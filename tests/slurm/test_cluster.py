@@ -48,7 +48,9 @@ def test_sbatch_runs_at_the_node_shape_given_on_the_command_line(tmp_path: Path)
     [start] = jobs.starts(run)
     assert start["world_size"] == 2 and start["slurm_job_id"] == job
     assert json.loads((run / "final.json").read_text())
-    allocated = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "AllocCPUS", "-j", job], capture_output=True, text=True)
+    allocated = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "AllocCPUS", "-j", job], capture_output=True, text=True
+    )
     assert allocated.stdout.split() == ["2"]
 
 
@@ -57,11 +59,21 @@ def test_submitit_sweep_of_two_experiments_with_data_overrides(tmp_path: Path) -
     (tmp_path / "enwik8").mkdir()
     (tmp_path / "enwik8" / "enwik8").write_bytes(bytes(range(97, 123)) * 1154 + b"abcd")  # 30,008 bytes
     tables = tmp_path / "tables.yaml"
-    tables.write_text("tiny: {about: two Enwik8 rows, experiments: [enwik8_aft_local32_l24_d256, enwik8_aft_simple_l24_d256]}\n")
+    tables.write_text(
+        "tiny: {about: two Enwik8 rows, experiments: [enwik8_aft_local32_l24_d256, enwik8_aft_simple_l24_d256]}\n"
+    )
     overrides = [
-        f"data.root={tmp_path / 'enwik8'}", "data.split_bytes=[20008,5000,5000]", "data.num_workers=0",
-        "data.seq_len=32", "model.depth=1", "model.dim=32", "trainer.batch_size=4", "trainer.max_steps=5",
-        "trainer.device=cpu", "trainer.eval_every=0", *jobs.LAUNCHER_SHAPE,
+        f"data.root={tmp_path / 'enwik8'}",
+        "data.split_bytes=[20008,5000,5000]",
+        "data.num_workers=0",
+        "data.seq_len=32",
+        "model.depth=1",
+        "model.dim=32",
+        "trainer.batch_size=4",
+        "trainer.max_steps=5",
+        "trainer.device=cpu",
+        "trainer.eval_every=0",
+        *jobs.LAUNCHER_SHAPE,
     ]
     command = [sys.executable, str(jobs.ROOT / "scripts" / "sweep.py"), "tiny", "--tables", str(tables), *overrides]
     result = subprocess.run(command, cwd=tmp_path, env=jobs.ENV, capture_output=True, text=True, timeout=400)
@@ -81,7 +93,9 @@ def test_scontrol_requeue_resumes_and_the_launcher_waits_for_the_end(tmp_path: P
     """SIGTERM from an external requeue: checkpoint, exit 75, resume; the launcher exits 0 only at the end."""
     launcher = jobs.launch(tmp_path, ["trainer.max_steps=1500"])
     try:
-        jobs.wait_until(lambda: jobs.last_logged_step(jobs.run_folder(tmp_path / "runs")) >= 20, 240, "training to start")
+        jobs.wait_until(
+            lambda: jobs.last_logged_step(jobs.run_folder(tmp_path / "runs")) >= 20, 240, "training to start"
+        )
         run = jobs.run_folder(tmp_path / "runs")
         job = jobs.starts(run)[0]["slurm_job_id"]
         subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
@@ -96,10 +110,14 @@ def test_scontrol_requeue_resumes_and_the_launcher_waits_for_the_end(tmp_path: P
 
 def test_scancel_stops_the_run_and_says_so(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    job = jobs.sbatch(["--ntasks-per-node=1", *CPU_NODE], ["trainer.max_steps=100000", f"hydra.run.dir={run}"], tmp_path / "out")
+    job = jobs.sbatch(
+        ["--ntasks-per-node=1", *CPU_NODE], ["trainer.max_steps=100000", f"hydra.run.dir={run}"], tmp_path / "out"
+    )
     jobs.wait_until(lambda: jobs.last_logged_step(run) >= 20, 240, "training to start")
     jobs.cancel(job)
-    jobs.wait_until(lambda: jobs.state(job) == "CANCELLED" and "srun: error" in (tmp_path / "out").read_text(), 60, "the cancel")
+    jobs.wait_until(
+        lambda: jobs.state(job) == "CANCELLED" and "srun: error" in (tmp_path / "out").read_text(), 60, "the cancel"
+    )
     output = (tmp_path / "out").read_text()
     [(name, step)] = jobs.stops(output)
     assert name == "SIGTERM" and checkpoint_step(run) == step >= 20
@@ -111,7 +129,10 @@ def test_scancel_stops_the_run_and_says_so(tmp_path: Path) -> None:
 def time_limit_jobs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 2-minute sbatch job (SIGUSR1 60 s before its limit) and a 2-minute submitit job (SIGUSR2),
     both far from done when their limits come: each must checkpoint, requeue and resume."""
-    sbatch_dir, submitit_dir = tmp_path_factory.mktemp("sbatch_time_limit"), tmp_path_factory.mktemp("submitit_time_limit")
+    sbatch_dir, submitit_dir = (
+        tmp_path_factory.mktemp("sbatch_time_limit"),
+        tmp_path_factory.mktemp("submitit_time_limit"),
+    )
     job = jobs.sbatch(
         ["--ntasks-per-node=1", *CPU_NODE, "--time=2", "--signal=B:USR1@60"],
         ["trainer.max_steps=100000", f"hydra.run.dir={sbatch_dir / 'run'}"],
@@ -144,7 +165,9 @@ def test_time_limit_through_sbatch_checkpoints_requeues_and_resumes(time_limit_j
 
 def test_time_limit_through_the_submitit_launcher_checkpoints_requeues_and_resumes(time_limit_jobs: dict) -> None:
     launcher, folder = time_limit_jobs["submitit"]
-    jobs.wait_until(lambda: resumed_and_went_on(jobs.run_folder(folder / "runs")), 420, "a time-limit requeue and a resume")
+    jobs.wait_until(
+        lambda: resumed_and_went_on(jobs.run_folder(folder / "runs")), 420, "a time-limit requeue and a resume"
+    )
     run = jobs.run_folder(folder / "runs")
     assert_resumed_where_it_stopped(run, jobs.submitit_output(folder / "runs" / "sweeps"), {"SIGUSR2"})
     assert launcher.poll() is None  # still waiting on its requeued job

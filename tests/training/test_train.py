@@ -62,7 +62,11 @@ def test_main_command_trains_loss_falls_and_evaluates(tmp_path: Path) -> None:
     out = tmp_path / "records"
     result = subprocess.run(
         [sys.executable, "eval.py", f"run={run}", "splits=[test]", "speed=true", "speed_batch_size=4", f"out={out}"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (record_file,) = out.glob("*.json")
@@ -121,8 +125,16 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     _train(single, *steps, "trainer.micro_batch_size=4")  # 2 accumulated micro-batches of 4
     ddp = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-        "train.py", *TINY, *LOCAL_MIXER, *steps, f"hydra.run.dir={ddp}",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "train.py",
+        *TINY,
+        *LOCAL_MIXER,
+        *steps,
+        f"hydra.run.dir={ddp}",
     ]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -168,8 +180,13 @@ def test_bad_configs_give_one_line_errors(tmp_path: Path, overrides: list[str], 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = _train(
-        run, "trainer.max_steps=50", "optim.lr=1e30", "trainer.grad_clip=0", "trainer.checkpoint_every=1",
-        "trainer.eval_every=0", check=False,
+        run,
+        "trainer.max_steps=50",
+        "optim.lr=1e30",
+        "trainer.grad_clip=0",
+        "trainer.checkpoint_every=1",
+        "trainer.eval_every=0",
+        check=False,
     )
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
@@ -179,8 +196,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path
     # last.pt holds good weights only: its window's loss is finite and within 2x of the best
     assert state["step"] < failed_at and state["loss_guard"]["best"] < 10
     again = _train(
-        run, "trainer.max_steps=50", "optim.lr=1e30", "trainer.grad_clip=0", "trainer.checkpoint_every=1",
-        "trainer.eval_every=0", check=False,
+        run,
+        "trainer.max_steps=50",
+        "optim.lr=1e30",
+        "trainer.grad_clip=0",
+        "trainer.checkpoint_every=1",
+        "trainer.eval_every=0",
+        check=False,
     )
     last_line = again.stderr.strip().splitlines()[-1]
     assert again.returncode == 1 and "the same command would repeat it" in last_line  # no loop on the same NaN
@@ -189,9 +211,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path
 
 # The classification demo, shrunk: the ViT path (its held-out split is "test").
 IMAGES = [
-    "experiment=embedded_images_aft_conv", "data.image_size=16", "model.depth=1", "model.dim=16",
-    "model.mixer.heads=4", "data.num_train=64", "data.num_test=32", "trainer.batch_size=8",
-    "trainer.eval_batch_size=16", "trainer.eval_batches=2",
+    "experiment=embedded_images_aft_conv",
+    "data.image_size=16",
+    "model.depth=1",
+    "model.dim=16",
+    "model.mixer.heads=4",
+    "data.num_train=64",
+    "data.num_test=32",
+    "trainer.batch_size=8",
+    "trainer.eval_batch_size=16",
+    "trainer.eval_batches=2",
 ]
 
 
@@ -207,8 +236,16 @@ def test_a_failing_periodic_evaluation_keeps_the_steps_checkpoint(tmp_path: Path
     def failing_evaluation(*args, **kwargs):
         raise RuntimeError("evaluation failed")
 
-    cfg = compose_config([*TINY, *LOCAL_MIXER, "trainer.max_steps=6", "trainer.eval_every=3", "trainer.checkpoint_every=3",
-                          "trainer.device=cpu"])
+    cfg = compose_config(
+        [
+            *TINY,
+            *LOCAL_MIXER,
+            "trainer.max_steps=6",
+            "trainer.eval_every=3",
+            "trainer.checkpoint_every=3",
+            "trainer.device=cpu",
+        ]
+    )
     monkeypatch.setattr(DataModule, "eval_dataloader", failing_evaluation)
     with pytest.raises(RuntimeError, match="evaluation failed"):
         train(cfg, tmp_path / "run")
@@ -220,11 +257,20 @@ def test_initial_weights_do_not_depend_on_rng_drawn_while_the_data_loads(tmp_pat
     initial weights, hence the first loss, must be the same at every launch."""
     from data.embedded_text import EmbeddedText
 
-    cfg = compose_config([*TINY, *LOCAL_MIXER, "trainer.max_steps=1", "trainer.eval_every=0", "trainer.log_every=1",
-                          "trainer.device=cpu"])
+    cfg = compose_config(
+        [
+            *TINY,
+            *LOCAL_MIXER,
+            "trainer.max_steps=1",
+            "trainer.eval_every=0",
+            "trainer.log_every=1",
+            "trainer.device=cpu",
+        ]
+    )
     original = EmbeddedText.__init__
     first_losses = []
     for draws in (0, 5):
+
         def drawing_init(self, *args, _draws=draws, **kwargs):
             original(self, *args, **kwargs)
             torch.rand(_draws)
@@ -245,7 +291,10 @@ def test_a_finished_run_relaunched_prints_its_final_metrics_and_adds_nothing(tmp
     records = read_metrics(run)
     again = _train(run, "trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.eval_every=0")
     assert read_metrics(run) == records and load(run / "checkpoints" / "prev.pt")["step"] == 2
-    assert "finished at step 4" in again.stdout and [l for l in again.stdout.splitlines() if l.startswith("final ")] == finals
+    assert (
+        "finished at step 4" in again.stdout
+        and [l for l in again.stdout.splitlines() if l.startswith("final ")] == finals
+    )
 
 
 def test_a_changed_learning_rate_is_applied_on_resume(tmp_path: Path) -> None:
@@ -265,8 +314,16 @@ def test_a_changed_learning_rate_is_applied_on_resume(tmp_path: Path) -> None:
 def test_wandb_offline_logs_the_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     env = {**ENV, "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
-    command = [sys.executable, "train.py", *TINY, *LOCAL_MIXER, "trainer.max_steps=2", "trainer.eval_every=0",
-               "logger.wandb_mode=offline", f"hydra.run.dir={run}"]
+    command = [
+        sys.executable,
+        "train.py",
+        *TINY,
+        *LOCAL_MIXER,
+        "trainer.max_steps=2",
+        "trainer.eval_every=0",
+        "logger.wandb_mode=offline",
+        f"hydra.run.dir={run}",
+    ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "wandb_id.txt").read_text() and list((run / "wandb").glob("offline-run-*"))
@@ -286,7 +343,15 @@ def test_environment_mistakes_give_one_line_errors(tmp_path: Path, overrides: li
         pytest.skip("a GPU is visible")
     env = {k: v for k, v in ENV.items() if k != "WANDB_API_KEY"} | {"HOME": str(tmp_path)}  # no wandb credentials
     base, mixer = (IMAGES, []) if "model.num_classes=7" in overrides else (TINY, LOCAL_MIXER)
-    command = [sys.executable, "train.py", *base, *mixer, "trainer.max_steps=2", *overrides, f"hydra.run.dir={tmp_path / 'run'}"]
+    command = [
+        sys.executable,
+        "train.py",
+        *base,
+        *mixer,
+        "trainer.max_steps=2",
+        *overrides,
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -303,7 +368,9 @@ def test_the_weight_average_is_checkpointed_resumed_and_evaluated(tmp_path: Path
     assert a["step"] == b["step"] == 6
     for key, value in a["model_ema"].items():
         assert torch.allclose(value, b["model_ema"][key], atol=1e-6), key
-    assert any(not torch.equal(a["model_ema"][k], a["model"][k]) for k in a["model"] if a["model"][k].is_floating_point())
+    assert any(
+        not torch.equal(a["model_ema"][k], a["model"][k]) for k in a["model"] if a["model"][k].is_floating_point()
+    )
     final = json.loads((whole / "final.json").read_text())
     assert {"valid", "valid_ema", "test", "test_ema"} <= set(final)
     assert final["test_ema"]["loss"] != final["test"]["loss"]
