@@ -74,7 +74,8 @@ def command_line(argv: list[str]) -> str:
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
-    """``command``, ``commit``, package ``version``, ``device``, ``torch`` version and ``created`` (UTC) of this process."""
+    """``command``, ``commit``, package ``version``, ``device``, ``torch`` version and ``created`` (UTC) of
+    this process."""
     return {
         "command": command_line(sys.argv),
         "commit": code_revision(),

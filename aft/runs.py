@@ -93,8 +93,8 @@ def resolve(cfg: DictConfig, run_dir: Path) -> DictConfig:
         key = error.full_key
         reason = str(error).splitlines()[0]
         raise ValueError(
-            f"{run_dir / CONFIG_FILE}: {key}: {_raw_value(cfg, key)} cannot be resolved here ({reason}): set the environment "
-            f"variable, or pass the override {key}=<value>"
+            f"{run_dir / CONFIG_FILE}: {key}: {_raw_value(cfg, key)} cannot be resolved here ({reason}): "
+            f"set the environment variable, or pass the override {key}=<value>"
         ) from None
     OmegaConf.resolve(cfg)
     return cfg

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from PIL import Image, ImageOps
-from timm.data import Mixup, create_dataset, create_transform
-from timm.data import auto_augment
+from timm.data import Mixup, auto_augment, create_dataset, create_transform
 from timm.data.auto_augment import RandAugment
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.data.readers.img_extensions import get_img_extensions

@@ -30,9 +30,8 @@ import sys
 from functools import partial
 
 import torch
-from torch import nn
-
 from benchlib import add_common_arguments, alternating_medians, attempt, write_record
+from torch import nn
 
 from aft.layers import AFTFull, AFTLocal, AFTSimple
 from aft.memory import saved_bytes
@@ -87,7 +86,7 @@ def measure(
     results, runs = {}, {}
     for name, layer in layers.items():
         results[name] = attempt(
-            lambda layer=layer: dict(zip(("memory_bytes", "memory_kind"), memory(layer, x, device)))
+            lambda layer=layer: dict(zip(("memory_bytes", "memory_kind"), memory(layer, x, device), strict=True))
         )
         if "skipped" not in results[name]:
             runs[name] = partial(_forward_backward, layer, x)
@@ -169,8 +168,9 @@ def main() -> None:
             r for r in rows if r["variant"] == variant and r["package"] == "ours" and r["T"] == theirs_row["T"]
         )
         if "skipped" not in ours_row:
+            speedup = theirs_row["fwd_bwd_seconds"] / ours_row["fwd_bwd_seconds"]
             print(
-                f"  {variant:<7} T={theirs_row['T']:<5} x{theirs_row['fwd_bwd_seconds'] / ours_row['fwd_bwd_seconds']:.2f} "
+                f"  {variant:<7} T={theirs_row['T']:<5} x{speedup:.2f} "
                 f"faster, memory x{ours_row['memory_bytes'] / theirs_row['memory_bytes']:.2f}, "
                 f"outputs agree to {theirs_row['max_abs_difference']:.1e}"
             )

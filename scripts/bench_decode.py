@@ -29,9 +29,8 @@ from functools import partial
 
 import numpy as np
 import torch
-from torch import nn
-
 from benchlib import add_common_arguments, median_seconds, sync, write_record
+from torch import nn
 
 from aft.layers import AFTLocal, AFTSimple
 from aft.models import Decoder
@@ -81,7 +80,7 @@ def time_recompute(
     seconds = []
     for t in lengths:
         prefix = torch.randint(0, 256, (batch, int(t)), device=device)
-        seconds.append(median_seconds(lambda: model(prefix)[:, -1].argmax(-1), repeats, device, warmup=1))
+        seconds.append(median_seconds(lambda prefix=prefix: model(prefix)[:, -1].argmax(-1), repeats, device, warmup=1))
     # one forward per t in 1..tokens, its time interpolated linearly between the probes
     per_token = np.interp(np.arange(1, tokens + 1), lengths, seconds)
     return {"seconds": float(per_token.sum()), "last_token_seconds": seconds[-1], "probe_lengths": lengths.tolist()}
@@ -119,7 +118,8 @@ def main() -> None:
         }
         print(
             f"{name:<14} recurrent {row['recurrent_seconds']:8.2f} s ({row['recurrent_last_token_ms']:.2f} ms/token, "
-            f"state {row['recurrent_state_bytes'] / 2**10:.1f} KiB) | re-computation ~{row['recompute_seconds_integrated']:8.2f} s "
+            f"state {row['recurrent_state_bytes'] / 2**10:.1f} KiB) | "
+            f"re-computation ~{row['recompute_seconds_integrated']:8.2f} s "
             f"({row['recompute_last_token_ms']:.2f} ms for token {args.tokens}) | x{row['speedup']:.1f}",
             flush=True,
         )

@@ -18,7 +18,8 @@ shows how each mixer's memory grows from T=1024 to 16384 (one block, batch 1).
 
     python scripts/bench_model.py --device cuda --out results/bench/model_cuda.json
     python scripts/bench_model.py --device cpu --batch 1 --repeats 3 --out results/bench/model_cpu.json
-    python scripts/bench_model.py --device cuda --compile-mode reduce-overhead --sweep --out results/bench/model_compiled_cuda.json
+    python scripts/bench_model.py --device cuda --compile-mode reduce-overhead --sweep \
+        --out results/bench/model_compiled_cuda.json
 
 A benchmark, not a test: numbers depend on the machine; compare ratios within one run.
 """
@@ -34,9 +35,8 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from torch import nn
-
 from benchlib import add_common_arguments, alternating_medians, attempt, median_seconds, write_record
+from torch import nn
 
 from aft import kernels, ops
 from aft.baselines import MultiHeadAttention

@@ -29,11 +29,11 @@ import argparse
 import contextlib
 import math
 from collections.abc import Callable
+from functools import partial
 from types import ModuleType
 
 import torch
 import torch.nn.functional as F
-
 from benchlib import add_common_arguments, median_seconds, write_record
 
 from aft import functional, kernels, ops
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             inputs = op_inputs(args.batch, T, args.dim, key_channels, device)
             row = {"op": name, "T": T}
             try:
-                row["saved_bytes"] = saved_bytes(lambda: fn(*inputs))
+                row["saved_bytes"] = saved_bytes(partial(fn, *inputs))
                 row["seconds"] = time_step(fn, inputs, args.repeats, device)
                 row["peak_bytes"] = peak_bytes(fn, inputs, device)
             except torch.OutOfMemoryError:
@@ -191,8 +191,8 @@ def bandwidth_rows(args: argparse.Namespace, device: torch.device) -> dict:
         out = fn(*inputs)
         grad = torch.randn_like(out)
         passes = {
-            "forward": lambda: fn(*inputs),
-            "backward": lambda: torch.autograd.grad(out, inputs, grad, retain_graph=True),
+            "forward": partial(fn, *inputs),
+            "backward": partial(torch.autograd.grad, out, inputs, grad, retain_graph=True),
         }
         for kind, step in passes.items():
             ms = triton.testing.do_bench(step, return_mode="median")
@@ -222,7 +222,8 @@ def _format_row(row: dict) -> str:
     if "skipped" in row:
         return f"{row['op']:<34} T={row['T']:<6} skipped: {row['skipped']}"
     peak = "" if row.get("peak_bytes") is None else f"  peak {row['peak_bytes'] / 2**20:9.1f} MiB"
-    return f"{row['op']:<34} T={row['T']:<6} {row['seconds'] * 1e3:10.1f} ms  saved {row['saved_bytes'] / 2**20:9.1f} MiB{peak}"
+    saved = f"saved {row['saved_bytes'] / 2**20:9.1f} MiB"
+    return f"{row['op']:<34} T={row['T']:<6} {row['seconds'] * 1e3:10.1f} ms  {saved}{peak}"
 
 
 def summarize(rows: list[dict]) -> str:

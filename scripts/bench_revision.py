@@ -35,10 +35,9 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from torch import nn
-
 from bench_ops import build_ops, op_inputs
 from benchlib import add_common_arguments, alternating_medians, write_record
+from torch import nn
 
 import aft
 from aft import ops

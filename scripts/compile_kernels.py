@@ -90,7 +90,9 @@ def _launch(kernel: JITFunction, args: tuple, kwargs: dict) -> Launch:
     runtime = [n for n in names if n not in constexprs]
     signature = {name: mangle_type(value) for name, value in zip(runtime, args, strict=True)}
     signature.update({name: "constexpr" for name in constexprs})
-    absent = tuple(path for name, value in zip(runtime, args) for path in _absent(value, (names.index(name),)))
+    absent = tuple(
+        path for name, value in zip(runtime, args, strict=True) for path in _absent(value, (names.index(name),))
+    )
     return Launch(kernel, {n: signature[n] for n in names}, constexprs, absent, int(kwargs.get("num_warps", 4)))
 
 

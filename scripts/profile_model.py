@@ -22,12 +22,11 @@ import argparse
 import time
 
 import torch
+from bench_model import DEPTH, DIM, SHAPES, MixerFactory, mixers
+from benchlib import add_common_arguments, sync, write_record
 from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
-
-from bench_model import DEPTH, DIM, SHAPES, MixerFactory, mixers
-from benchlib import add_common_arguments, sync, write_record
 
 from aft.models import Decoder
 

@@ -17,7 +17,7 @@ def test_help_lists_only_what_a_user_can_run() -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    experiments = lines[lines.index(next(l for l in lines if l.startswith("== Experiments"))) + 1]
+    experiments = lines[lines.index(next(line for line in lines if line.startswith("== Experiments"))) + 1]
     assert experiments.split(", ") == experiment_names()
     assert "experiment/base" not in result.stdout and "base/cifar10" not in result.stdout
     assert "model/mixer: aft_conv1d, aft_conv2d" in result.stdout and "data: cifar10" in result.stdout

@@ -123,10 +123,8 @@ def test_records_go_into_the_run_folder_with_the_config_and_the_training_objecti
 def test_a_missing_run_folder_is_one_line_on_stderr_and_exit_1(tmp_path: Path) -> None:
     result = _eval(f"run={tmp_path / 'no-run'}")
     assert result.returncode == 1 and result.stdout == ""
-    assert (
-        result.stderr
-        == f"error: {tmp_path / 'no-run'} does not exist: give a run folder written by train.py (runs/<name>) or a checkpoint file\n"
-    )
+    hint = "give a run folder written by train.py (runs/<name>) or a checkpoint file"
+    assert result.stderr == f"error: {tmp_path / 'no-run'} does not exist: {hint}\n"
 
 
 def _one_line_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *arguments: str) -> str:

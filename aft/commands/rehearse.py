@@ -1,7 +1,7 @@
 """Rehearse the whole life of every experiment config on tiny files in the real data formats.
 
-    python scripts/rehearse.py                                  # every configs/experiment/*.yaml (aft-rehearse, installed)
-    python scripts/rehearse.py --ci                             # the CI subset (see ci_subset)
+    python scripts/rehearse.py        # every configs/experiment/*.yaml (installed: aft-rehearse)
+    python scripts/rehearse.py --ci   # the CI subset (see ci_subset)
     python scripts/rehearse.py --only enwik8_aft_local32_l24_d256 --keep /tmp/rehearsal
     python scripts/rehearse.py --record results/rehearsal/full.json
 
@@ -10,9 +10,9 @@ Each experiment is composed as ``train.py experiment=<name>`` composes it, then 
 row stays (backbone, mixer and its options, data module, task, optimizer, schedule, precision,
 augmentation, regularizers, ``model_init``). Its life, as a user runs it, in its own folder:
 
-1. ``python train.py experiment=<name> <overrides>`` (run as ``python -m aft.commands.train``; periodic evaluation every ``EVAL_EVERY`` and a
-   checkpoint every ``CHECKPOINT_EVERY`` steps), SIGKILLed (its whole process group) as soon as its
-   ``metrics.jsonl`` shows step ``KILL_AT``;
+1. ``python train.py experiment=<name> <overrides>`` (run as ``python -m aft.commands.train``; periodic
+   evaluation every ``EVAL_EVERY`` and a checkpoint every ``CHECKPOINT_EVERY`` steps), SIGKILLed (its
+   whole process group) as soon as its ``metrics.jsonl`` shows step ``KILL_AT``;
 2. the same command again: it resumes from the last checkpoint; the training losses it logs for the
    steps logged before the kill must equal them (relative 1e-5), every step 1..``STEPS`` must be
    logged, every periodic evaluation and the final evaluation of every eval split must be recorded;
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from aft.experiments import compose_experiment, experiment_names
 from aft.extras import require

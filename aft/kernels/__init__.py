@@ -50,7 +50,8 @@ def refusal(*tensors: Tensor | None) -> str | None:
         return f"the kernels take float16, bfloat16 or float32, got {sorted({str(t.dtype) for t in present})}"
     device = "cpu" if interpreting() else "cuda"
     if any(t.device.type != device for t in present):
-        return f"the kernels take {device} tensors here (CPU tensors need TRITON_INTERPRET=1 set before Triton is imported)"
+        need = "CPU tensors need TRITON_INTERPRET=1 set before Triton is imported"
+        return f"the kernels take {device} tensors here ({need})"
     return None
 
 

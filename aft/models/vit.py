@@ -226,7 +226,7 @@ class VisionTransformer(nn.Module):
         patches = [self._patch_grid(y, grid) for y in intermediates]
         patches = [y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y.flatten(1, 2) for y in patches]
         if return_prefix_tokens and self.num_prefix_tokens:
-            patches = list(zip(patches, [y[:, : self.num_prefix_tokens] for y in intermediates]))
+            patches = list(zip(patches, [y[:, : self.num_prefix_tokens] for y in intermediates], strict=True))
         if intermediates_only:
             return patches
         return self.norm(x), patches

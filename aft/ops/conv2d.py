@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aft.ops import exact
-from aft.ops.exact import BiasRows
 from aft.ops.casting import autocast_off
+from aft.ops.exact import BiasRows
 from aft.ops.library import connect, fake_flag, flag
 from aft.ops.prefix import MIN_SHIFTED_DENOMINATOR, Underflow, outside_window_sums, per_channel
 

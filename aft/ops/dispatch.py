@@ -76,7 +76,8 @@ def check_backend(backend: str) -> None:
 
 
 def _choose(backend: Backend | None, *tensors: Tensor | None, kernel: str | None = "") -> str:
-    """``"triton"``, ``"torch"`` or ``"naive"`` for this call; ``kernel`` is why there is no kernel (None: one exists)."""
+    """``"triton"``, ``"torch"`` or ``"naive"`` for this call; ``kernel`` is why there is no kernel
+    (None: one exists)."""
     backend = backend or _SETTINGS.get().backend
     check_backend(backend)
     if backend in ("torch", "naive"):

@@ -38,8 +38,8 @@ def average_backward(
     """Gradients of :func:`average` for ``k``, ``v`` and each of ``params``, given ``grad = dL/davg``."""
     grads = [torch.zeros_like(x) for x in (k, v, *params)]
     for r0, r1 in _chunks(k):
-        _, vjp = torch.func.vjp(lambda k, v, *p: _chunk(k, v, p, rows, r0, r1, causal), k, v, *params)
-        for total, part in zip(grads, vjp(grad[:, r0:r1].contiguous())):
+        _, vjp = torch.func.vjp(lambda k, v, *p, r0=r0, r1=r1: _chunk(k, v, p, rows, r0, r1, causal), k, v, *params)
+        for total, part in zip(grads, vjp(grad[:, r0:r1].contiguous()), strict=True):
             total += part
     return tuple(grads)
 

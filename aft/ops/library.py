@@ -29,7 +29,10 @@ def connect(forward: torch.library.CustomOpDef, backward: torch.library.CustomOp
 
     def gradients(ctx, grad: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
         grads = backward(grad.contiguous(), *ctx.saved_tensors, *ctx.static)
-        return (*(g if present else None for g, present in zip(grads, ctx.present)), *([None] * len(ctx.static)))
+        return (
+            *(g if present else None for g, present in zip(grads, ctx.present, strict=True)),
+            *([None] * len(ctx.static)),
+        )
 
     def fake(grad: Tensor, *args: object) -> tuple[Tensor, ...]:
         return tuple(

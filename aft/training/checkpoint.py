@@ -56,8 +56,9 @@ def load(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated / corrupt files
+        first_line = (str(error).splitlines() or ["empty"])[0]
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {(str(error).splitlines() or ['empty'])[0]}); "
+            f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {first_line}); "
             f"resume from {path.with_name(PREVIOUS)} with trainer.resume={path.with_name(PREVIOUS)} "
             f"or delete {path} to start over"
         ) from None

@@ -8,10 +8,10 @@ each, so the run does not depend on the number of GPUs. Every ``checkpoint_every
 but only of good weights (``loss_guard.py``); relaunching the same command resumes from it and
 continues the same loss curve. With ``trainer.ema_decay`` an exponential moving average of the
 weights (timm's ``ModelEmaV3``) is updated after every update, checkpointed under ``model_ema``
-and evaluated beside the raw weights (``<split>_ema_<metric>``). Every ``eval_every`` updates the data module's ``valid_split`` is
-evaluated on ``eval_batches x eval_batch_size`` evenly spaced samples (the same ones for any
-number of processes), after that step's checkpoint; at the end every eval split is evaluated
-whole, written to ``final.json`` and printed. A finished run relaunched prints its final metrics
+and evaluated beside the raw weights (``<split>_ema_<metric>``). Every ``eval_every`` updates the
+data module's ``valid_split`` is evaluated on ``eval_batches x eval_batch_size`` evenly spaced
+samples (the same ones for any number of processes), after that step's checkpoint; at the end every
+eval split is evaluated whole, written to ``final.json`` and printed. A finished run relaunched prints its final metrics
 and stops. Each start appends a line to ``provenance.jsonl`` in the run folder: the commit,
 device, torch version, launch command and overrides, world size and the step it started from.
 """
@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from aft.position_bias import sparsity_regularizer

@@ -17,11 +17,11 @@ import sys
 
 import numpy as np
 import torch
+from common import load, parser_with_model, save
 from hydra.utils import instantiate
 from matplotlib.figure import Figure
 
 from aft.models import Decoder
-from common import load, parser_with_model, save
 from data.pixel_sequence import BOS_TOKEN, PixelSequenceDataModule, pixel_tokens
 
 MASK_GRAY = 128  # fill of the hidden bottom half in the "masked" row

@@ -6,7 +6,8 @@ by the data module's evaluation transform; the PNG shows it above the maps.
 
     python scripts/figures/key_maps.py --run runs/imagenet_aft_conv_small_k11_h384 --index 3 --out fig9.png
     python scripts/figures/key_maps.py --random-init imagenet_aft_conv_small_k11_h384 model.depth=2 model.dim=32 \\
-        model.mixer.heads=4 model.mixer.kernel_size=3 model.img_size=64 data=embedded_images data.image_size=64 --out demo.png
+        model.mixer.heads=4 model.mixer.kernel_size=3 model.img_size=64 data=embedded_images data.image_size=64 \\
+        --out demo.png
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import sys
 
 import numpy as np
 import torch
+from common import load, map_grid, parser_with_model, save
 from hydra.utils import instantiate
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from aft.layers import AFTConv2d
 from aft.models import VisionTransformer
-from common import load, map_grid, parser_with_model, save
 
 
 @torch.no_grad()

@@ -10,7 +10,8 @@
     python scripts/figures/position_biases.py --run runs/imagenet_aft_conv_small_k11_h384 --out fig6.png
     python scripts/figures/position_biases.py --run runs/imagenet_aft_full_small --out fig3.png
     python scripts/figures/position_biases.py --run <run> --layers 0 2 4 6 8 10 --out fig1_right.png
-    python scripts/figures/position_biases.py --random-init imagenet_aft_conv_small_k11_h384 model.depth=2 --out demo.png
+    python scripts/figures/position_biases.py --random-init imagenet_aft_conv_small_k11_h384 model.depth=2 \\
+        --out demo.png
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from common import load, map_grid, parser_with_model, save
 from matplotlib.figure import Figure
 from torch import nn
 
 from aft.layers import AFTConv1d, AFTConv2d, AFTFull, AFTLocal
-from common import load, map_grid, parser_with_model, save
 
 
 @torch.no_grad()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from functools import partial
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -210,7 +210,9 @@ def test_keys_spread_beyond_the_float64_range_take_the_exact_path(
     ref = reference_aft(None, k64, v64, dense, True)
     _assert_close(out, ref, 1000.0)
     grad = torch.randn(1, n, 4)
-    for got, want in zip(torch.autograd.grad(out, (k, v), grad), torch.autograd.grad(ref, (k64, v64), grad.double())):
+    for got, want in zip(
+        torch.autograd.grad(out, (k, v), grad), torch.autograd.grad(ref, (k64, v64), grad.double()), strict=True
+    ):
         torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-3)
 
 
@@ -284,7 +286,7 @@ def test_gradients_of_exact_fallback_match_reference() -> None:
     ref = reference_aft(q, k, v, local_bias(w, 4), False)
     grads = torch.autograd.grad(out.sum(), (q, k, v, w))
     ref_grads = torch.autograd.grad(ref.sum(), (q, k, v, w))
-    for a, b in zip(grads, ref_grads):
+    for a, b in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
 
 

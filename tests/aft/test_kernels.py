@@ -11,12 +11,12 @@ the kernels run compiled at real sizes against the float64 PyTorch path of aft.f
 from __future__ import annotations
 
 import ast
-from functools import partial
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -163,7 +163,7 @@ def _check(case: Case, tol: float) -> None:
     out, ref = kernel(*ours), reference(*theirs)
     _assert_close(out, ref, tol)
     grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(ref.device)
-    for a, b in zip(torch.autograd.grad(out, ours, grad.float()), torch.autograd.grad(ref, theirs, grad)):
+    for a, b in zip(torch.autograd.grad(out, ours, grad.float()), torch.autograd.grad(ref, theirs, grad), strict=True):
         _assert_close(a, b, tol)
 
 

@@ -156,7 +156,7 @@ def test_half_inputs_float32_core(dtype: torch.dtype) -> None:
     grad = _randn(*out.shape, seed=9)
     ours = torch.autograd.grad(out, [q, k, v, w], grad.to(dtype))
     assert [g.dtype for g in ours] == [dtype, dtype, dtype, torch.float32]
-    for a, b in zip(ours, torch.autograd.grad(ref, theirs, grad)):
+    for a, b in zip(ours, torch.autograd.grad(ref, theirs, grad), strict=True):
         _assert_close(a, b, tol)
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from aft.experiments import compose_config
 from aft.layers import AFTLocal, AFTSimple
 from aft.models import Decoder
 from aft.position_bias import ConvPositionBias, FactorizedPositionBias
-from aft.experiments import compose_config
 
 SEQ_LEN, VOCAB = 24, 11
 # model/mixer config -> overrides making its pattern non-trivial at T = 24

@@ -25,9 +25,9 @@ from aft.baselines import (
     PerformerAttention,
     StridedSparseAttention,
 )
+from aft.experiments import build_on_meta, compose_config, compose_experiment, experiment_names
 from aft.layers import AFTConv2d, AFTFull, AFTLocal, AFTSimple
 from aft.models import Decoder, VisionTransformer
-from aft.experiments import build_on_meta, compose_config, compose_experiment, experiment_names
 
 # experiment -> (mixer class, depth, dim, attributes of every mixer); §5.1, §5.2, Tables 2-4
 DECODER_ROWS: dict[str, tuple[type, int, int, dict[str, Any]]] = {

@@ -6,8 +6,8 @@ import pytest
 import timm
 import torch
 
-from aft.models.registry import VARIANTS
 from aft.experiments import build_on_meta, compose_experiment
+from aft.models.registry import VARIANTS
 
 # registered name -> the experiment config of the same table row
 EXPERIMENT_OF = {

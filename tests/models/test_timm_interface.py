@@ -11,7 +11,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-import aft.models  # noqa: F401  (registers the models)
+import aft.models
 from aft.layers import AFTFull
 from aft.models import VisionTransformer
 from aft.training.optim import weight_decay_groups

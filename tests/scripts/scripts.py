@@ -11,7 +11,8 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def load_script(relative: str) -> ModuleType:
-    """``scripts/<relative>`` as a fresh module ``script_<stem>``; its folder goes on ``sys.path`` for sibling imports."""
+    """``scripts/<relative>`` as a fresh module ``script_<stem>``; its folder goes on ``sys.path`` for
+    sibling imports."""
     path = SCRIPTS / relative
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))

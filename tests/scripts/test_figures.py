@@ -131,6 +131,8 @@ def test_figures_from_a_run_folder(tmp_path: Path) -> None:
     out = tmp_path / "keys.png"
     key_maps.main(["--run", str(tmp_path), "--heads", "2", "--out", str(out)])
     loaded, _ = key_maps.load(key_maps.parser_with_model("").parse_args(["--run", str(tmp_path), "--out", "x.png"]))
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
+    )
     position_biases.main(["--run", str(tmp_path / "checkpoints" / "last.pt"), "--out", str(tmp_path / "b.png")])
     assert png_shape(out)[2] in (3, 4) and (tmp_path / "b.png").exists()

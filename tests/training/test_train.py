@@ -293,7 +293,7 @@ def test_a_finished_run_relaunched_prints_its_final_metrics_and_adds_nothing(tmp
     assert read_metrics(run) == records and load(run / "checkpoints" / "prev.pt")["step"] == 2
     assert (
         "finished at step 4" in again.stdout
-        and [l for l in again.stdout.splitlines() if l.startswith("final ")] == finals
+        and [line for line in again.stdout.splitlines() if line.startswith("final ")] == finals
     )
 
 
