@@ -1,5 +1,5 @@
 """Run folders written by ``train.py``: find the checkpoint, read the saved config, rebuild the model,
-and read back the training objective the run logged.
+and read back the training objective and the learning curves the run logged.
 
 A run folder holds ``.hydra/config.yaml`` (the composed config, interpolations such as
 ``${oc.env:AFT_DATA_ROOT,./datasets}`` unresolved), ``.hydra/hydra.yaml`` (which experiment was
@@ -13,6 +13,7 @@ path or a value that cannot be resolved here raises a one-line error that names 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from aft.training.logger import read_metrics
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 SAVED_GROUP, SAVED_NAME = "run_config", "saved"  # the saved config in Hydra's config store (configs/eval.yaml)
+HISTORY_POINTS = 100  # the most points a learning curve of a record keeps
+CURVE_METRICS = ("loss", "bits", "top1")  # of the evaluations: nats, bpc or bits/dim, top-1 %
 
 
 def locate(path: Path) -> tuple[Path, Path]:
@@ -142,4 +145,35 @@ def train_objective(run_dir: Path, step: int, steps_per_epoch: int) -> dict[str,
         "last_step": losses[-1][0],
         "logged_steps": len(losses),
         "steps_per_epoch": steps_per_epoch,
+    }
+
+
+def history(run_dir: Path, valid_split: str, points: int = HISTORY_POINTS) -> dict[str, Any]:
+    """The learning curves of ``metrics.jsonl``: ``{"valid_split": ..., "series": {name: {"step": [...],
+    "value": [...]}}}``.
+
+    The series are ``train_loss`` (nats, as logged every ``trainer.log_every`` steps) and the
+    evaluations of ``valid_split`` (the periodic ones during training, on ``trainer.eval_batches``
+    batches, and the final one on the whole split) named as logged: ``<split>_<metric>`` of the
+    trained weights and ``<split>_ema_<metric>`` of their moving average, for each metric of
+    :data:`CURVE_METRICS` the run logged. A series longer than ``points`` is cut into ``points``
+    consecutive runs of (nearly) equal length, each one point: the mean value at the run's last step.
+    Values keep 6 significant digits.
+    """
+    pattern = re.compile(rf"^(train_loss|{re.escape(valid_split)}(_ema)?_({'|'.join(CURVE_METRICS)}))$")
+    logged: dict[str, list[tuple[int, float]]] = {}
+    for record in read_metrics(run_dir):
+        for name, value in record.items():
+            if pattern.match(name):
+                logged.setdefault(name, []).append((record["step"], value))
+    return {"valid_split": valid_split, "series": {name: _binned(values, points) for name, values in logged.items()}}
+
+
+def _binned(values: list[tuple[int, float]], points: int) -> dict[str, list]:
+    """At most ``points`` ``(step, value)`` pairs as ``{"step": [...], "value": [...]}``: means of consecutive runs."""
+    bounds = [i * len(values) // points for i in range(points + 1)] if len(values) > points else range(len(values) + 1)
+    runs = [values[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+    return {
+        "step": [run[-1][0] for run in runs],
+        "value": [float(f"{sum(v for _, v in run) / len(run):.6g}") for run in runs],
     }

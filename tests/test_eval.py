@@ -118,6 +118,16 @@ def test_records_go_into_the_run_folder_with_the_config_and_the_training_objecti
         and (objective["first_step"], objective["last_step"]) == (1, 4)
     )
     assert objective["loss"] == pytest.approx(sum(losses) / 4, rel=1e-12)
+    curves = record["history"]  # the learning curves outlive the run folder
+    assert curves["valid_split"] == "valid" and curves["series"]["train_loss"]["step"] == [1, 2, 3, 4]
+    assert curves["series"]["train_loss"]["value"] == pytest.approx(losses, rel=1e-5)
+    assert curves["series"]["valid_bits"]["step"] == [4]  # eval_every=0: the final evaluation only
+
+
+def test_an_experiment_in_a_folder_is_one_record_file_in_out(tmp_path: Path) -> None:
+    record = {"experiment": "mini/table9/imagenet_aft_full_small", "config_hash": "0" * 12, "split": "val"}
+    path = eval_command._write({**record, "weights": "model"}, tmp_path, [])
+    assert path == tmp_path / f"mini__table9__imagenet_aft_full_small-{'0' * 12}-val.json" and path.is_file()
 
 
 def test_a_missing_run_folder_is_one_line_on_stderr_and_exit_1(tmp_path: Path) -> None:

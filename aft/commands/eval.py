@@ -10,8 +10,10 @@ The options are ``configs/eval.yaml``'s. The run's saved config (``<run>/.hydra/
 composed in beside them, so any other ``key=value`` overrides it with train.py's syntax (a resolution
 or a data path; ``+key=value`` adds a key), and it is resolved in this environment to rebuild the
 model and data. Records go to ``<out>/<experiment>-<config hash>-<split>[-<weights>][-<overrides
-hash>].json`` with the metrics, the resolved config, the training objective the run logged over its
-last epoch (``train_objective``, see :func:`aft.runs.train_objective`), the device and the command.
+hash>].json`` (``mini/table9/x`` as ``mini__table9__x``) with the metrics, the resolved config, the
+training objective the run logged over its last epoch (``train_objective``, see
+:func:`aft.runs.train_objective`), its learning curves (``history``, at most 100 points per curve,
+:func:`aft.runs.history`), the device and the command.
 ``<out>`` is ``<run>/eval/`` unless ``out`` is given: ``scripts/compare.py`` reads ``results/runs/``,
 the records committed for the report. Enwik8 scores every byte, CIFAR10 every sub-pixel, ImageNet
 every image. A user error prints one line ``error: ...`` and exits 1; Hydra reports a command line
@@ -40,6 +42,7 @@ from aft.provenance import provenance
 from aft.resources import config_search_path
 from aft.runs import (
     experiment_name,
+    history,
     load_weights,
     locate,
     register_saved_config,
@@ -53,6 +56,7 @@ from aft.training.trainer import check_model_fits_data
 
 RECORDS_DIR = "eval"  # the default out, inside the run folder
 WEIGHTS = ("model", "model_ema")
+SUBFOLDER = "__"  # stands for "/" of an experiment in a folder (mini/table9/<name>) in a record's file name
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -155,6 +159,7 @@ def evaluate_run(cfg: DictConfig, task_overrides: Sequence[str]) -> list[Path]:
         "precision": precision,
         "weights": weights,
         "train_objective": train_objective(run_dir, state["step"], steps_per_epoch(data, run_cfg)),
+        "history": history(run_dir, data.valid_split),
         "config": config,
         **provenance(device),
     }
@@ -177,7 +182,7 @@ def evaluate_run(cfg: DictConfig, task_overrides: Sequence[str]) -> list[Path]:
 
 def _write(record: dict[str, Any], out: Path, overrides: list[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{record['experiment']}-{record['config_hash']}-{record['split']}"
+    name = f"{record['experiment'].replace('/', SUBFOLDER)}-{record['config_hash']}-{record['split']}"
     if record["weights"] != "model":
         name += f"-{record['weights']}"
     if overrides:
