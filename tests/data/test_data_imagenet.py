@@ -12,7 +12,8 @@ from timm.data.random_erasing import RandomErasing
 from torchvision import transforms
 
 from data.base import DataError
-from data.imagenet import ImageNet, default_crop_pct
+from data.deit import default_crop_pct
+from data.imagenet import ImageNet
 from tests.data.data_fixtures import IMAGENET_CLASSES, write_hf_parquet
 
 N_CLASSES = len(IMAGENET_CLASSES)
