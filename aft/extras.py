@@ -2,8 +2,9 @@
 
 ``pip install aft`` brings what trains and evaluates the models; ``aft[slurm]`` (Hydra's submitit
 launcher), ``aft[wandb]``, ``aft[parquet]`` (Hugging Face ``datasets``, for the parquet copies of
-CIFAR10 and ImageNet), ``aft[figures]`` (matplotlib: compare's figures) and ``aft[cuda]`` (Triton)
-add the rest; ``aft[dev]`` all of them and the test tools. Code that needs one imports it with
+CIFAR10 and ImageNet), ``aft[figures]`` (matplotlib: compare's figures), ``aft[cuda]`` (Triton)
+and ``aft[miniature]`` (scikit-learn and scikit-image, whose packaged images the miniature data sets
+read) add the rest; ``aft[dev]`` all of them and the test tools. Code that needs one imports it with
 :func:`require` where it is used.
 """
 
@@ -12,7 +13,13 @@ from __future__ import annotations
 from importlib import import_module
 from types import ModuleType
 
-EXTRAS = {"wandb": "wandb", "datasets": "parquet", "matplotlib": "figures"}  # imported module -> its extra
+EXTRAS = {  # imported module -> its extra
+    "wandb": "wandb",
+    "datasets": "parquet",
+    "matplotlib": "figures",
+    "sklearn": "miniature",
+    "skimage": "miniature",
+}
 
 
 class MissingExtraError(ImportError):

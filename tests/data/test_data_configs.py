@@ -8,10 +8,12 @@ from hydra.utils import instantiate
 
 from data.base import DataModule
 from data.cifar10 import Cifar10
+from data.digits import Digits
 from data.embedded_images import EmbeddedImages
 from data.embedded_text import EmbeddedText
 from data.enwik8 import Enwik8
 from data.imagenet import ImageNet
+from data.photo_tiles import PhotoTiles
 from tests.data.data_fixtures import ENWIK8_SPLITS, write_enwik8_zip
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "data"
@@ -25,10 +27,12 @@ def build(name: str, overrides: list[str]) -> DataModule:
 def test_every_config_is_tested() -> None:
     assert sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) == [
         "cifar10",
+        "digits",
         "embedded_images",
         "embedded_text",
         "enwik8",
         "imagenet",
+        "photo_tiles",
     ]
 
 
@@ -57,3 +61,18 @@ def test_imagenet_config(imagenet_root: Path) -> None:
 def test_embedded_configs_need_no_files(name: str, cls: type) -> None:
     overrides = ["num_train=100", "num_test=20"] if name == "embedded_images" else []
     assert isinstance(build(name, overrides), cls)
+
+
+def test_digits_config_has_imagenets_recipe_keys() -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        digits, imagenet = (set(compose(config_name=name)) for name in ("digits", "imagenet"))
+    assert digits - imagenet == {"val_fraction"} and imagenet - digits == {"root", "source", "hf_cache_dir"}
+    dm = build("digits", [])
+    assert isinstance(dm, Digits) and dm.describe()["samples"] == {"train": 1438, "val": 359}
+    assert dm.mixup_fn().mixup_alpha == 0.8 and dm.repeated_aug == 3 and dm.eval_crop_pct == 1.0
+
+
+def test_photo_tiles_config_splits_the_photographs() -> None:
+    dm = build("photo_tiles", [])
+    assert isinstance(dm, PhotoTiles) and dm.seq_len == 768
+    assert dm.describe()["samples"] == {"train": 1682, "test": 386}
