@@ -4,6 +4,7 @@ The corpus is the UTF-8 encoding of the topic texts joined in sorted key order w
 between them (about 0.47 MB, ~107 distinct byte values, depending on the Python version, which the
 record names). It is cut into train / valid / test by byte fractions (default 90/5/5) and goes through
 exactly the enwik8 pipeline (``data.byte_stream``): raw bytes, vocab 256, same windows and evaluation.
+With ``expected_md5`` set, a corpus of another md5 (another Python's help texts) is an error.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydoc_data.topics import topics
 
 import numpy as np
 
+from data.base import DataError
 from data.byte_stream import ByteStreamDataModule, split_ranges
 
 
@@ -38,6 +40,8 @@ class EmbeddedText(ByteStreamDataModule):
         seq_len: ``T``, predicted bytes per window.
         eval_stride: scored targets per eval window; None means ``seq_len``.
         split_fractions: train / valid / test fractions of the corpus bytes.
+        expected_md5: md5 the corpus must have (that of the Python a result was measured with);
+            None accepts any Python version's corpus.
     """
 
     def __init__(
@@ -45,10 +49,18 @@ class EmbeddedText(ByteStreamDataModule):
         seq_len: int = 256,
         eval_stride: int | None = None,
         split_fractions: Sequence[float] = (0.9, 0.05, 0.05),
+        expected_md5: str | None = None,
         num_workers: int = 2,
         pin_memory: bool = True,
     ) -> None:
         corpus = corpus_bytes()
+        md5 = hashlib.md5(corpus).hexdigest()
+        if expected_md5 is not None and md5 != expected_md5:
+            raise DataError(
+                f"the pydoc_data.topics corpus of this Python {platform.python_version()} has md5 {md5}, "
+                f"expected data.expected_md5={expected_md5}: run with the Python version the run's records "
+                f"name (data.json: source), or set data.expected_md5=null to accept this corpus"
+            )
         stream = np.frombuffer(corpus, dtype=np.uint8)
         ranges = split_ranges(split_sizes(len(stream), [float(f) for f in split_fractions]))
         splits = {name: stream[offset : offset + length] for name, (offset, length) in ranges.items()}
@@ -57,7 +69,7 @@ class EmbeddedText(ByteStreamDataModule):
             "name": "embedded_text",
             "source": f"pydoc_data.topics (Python {platform.python_version()})",
             "bytes": len(corpus),
-            "md5": hashlib.md5(corpus).hexdigest(),
+            "md5": md5,
             "splits": {name: {"offset": offset, "bytes": length} for name, (offset, length) in ranges.items()},
             "eval_stride": self.eval_stride,
         }

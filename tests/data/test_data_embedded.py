@@ -1,8 +1,13 @@
 """Embedded no-download datasets: determinism, learnable structure, same interface as the real ones."""
 
+import hashlib
+import platform
+
 import numpy as np
+import pytest
 import torch
 
+from data.base import DataError
 from data.byte_stream import ByteStreamDataModule
 from data.embedded_images import EmbeddedImages, EmbeddedImageSequences, gratings
 from data.embedded_text import EmbeddedText, corpus_bytes
@@ -21,6 +26,18 @@ def test_text_corpus_is_python_help_split_90_5_5() -> None:
     assert valid == corpus[sizes[0] : sizes[0] + sizes[1]]
     batch = next(iter(dm.train_dataloader(8, seed=0)))
     assert batch.shape == (8, 65) and bytes(batch[0].tolist()) in corpus
+
+
+def test_text_corpus_md5_is_checked_when_expected() -> None:
+    md5 = hashlib.md5(corpus_bytes()).hexdigest()
+    assert EmbeddedText(seq_len=64, expected_md5=md5, num_workers=0).describe()["md5"] == md5
+    with pytest.raises(DataError) as error:
+        EmbeddedText(seq_len=64, expected_md5="0" * 32, num_workers=0)
+    assert str(error.value) == (
+        f"the pydoc_data.topics corpus of this Python {platform.python_version()} has md5 {md5}, expected "
+        f"data.expected_md5={'0' * 32}: run with the Python version the run's records name (data.json: source), "
+        "or set data.expected_md5=null to accept this corpus"
+    )
 
 
 def orientation_class(image: np.ndarray, num_classes: int) -> int:
