@@ -1,6 +1,6 @@
 """Rehearse the whole life of every experiment config on tiny files in the real data formats.
 
-    python scripts/rehearse.py        # every configs/experiment/*.yaml (installed: aft-rehearse)
+    python scripts/rehearse.py        # every configs/experiment/*.yaml and mini/*/*.yaml (aft-rehearse)
     python scripts/rehearse.py --ci   # the CI subset (see ci_subset)
     python scripts/rehearse.py --only enwik8_aft_local32_l24_d256 --keep /tmp/rehearsal
     python scripts/rehearse.py --record results/rehearsal/full.json
@@ -8,7 +8,9 @@
 Each experiment is composed as ``train.py experiment=<name>`` composes it, then shrunk by overrides
 (``shrink``): depth, width, sequence length, image size, steps and batch get small; what defines the
 row stays (backbone, mixer and its options, data module, task, optimizer, schedule, precision,
-augmentation, regularizers, ``model_init``). Its life, as a user runs it, in its own folder:
+augmentation, regularizers, ``model_init``). A miniature (``configs/experiment/mini/``, already small,
+on packaged data) keeps its model and data and only gets the shorter run. Its life, as a user runs
+it, in its own folder:
 
 1. ``python train.py experiment=<name> <overrides>`` (run as ``python -m aft.commands.train``; periodic
    evaluation every ``EVAL_EVERY`` and a checkpoint every ``CHECKPOINT_EVERY`` steps), SIGKILLed (its
@@ -51,6 +53,7 @@ from omegaconf import DictConfig
 
 from aft.experiments import compose_experiment, experiment_names
 from aft.extras import require
+from aft.miniature import miniature_names
 from aft.provenance import code_revision
 from aft.resources import PAPER_TABLES, checkout, project_path
 from data import formats
@@ -245,11 +248,12 @@ def _model_shrinker(model: DictConfig) -> Callable[[DictConfig], list[str]]:
     raise ValueError(f"rehearse.py cannot shrink model._target_={_target(model)}: add a rule to _model_shrinker")
 
 
-def shrink(cfg: DictConfig) -> list[str]:
-    """Overrides that make the composed experiment ``cfg`` tiny while keeping what defines it."""
-    overrides = _model_shrinker(cfg.model)(cfg)
+def shrink(cfg: DictConfig, model: bool = True) -> list[str]:
+    """Overrides that make the composed experiment ``cfg`` tiny while keeping what defines it; with
+    ``model=False`` (a miniature, already small) its model and data stay, its run is shortened."""
+    overrides = _model_shrinker(cfg.model)(cfg) if model else []
     mixer = cfg.model.get("mixer")
-    if isinstance(mixer, DictConfig) and mixer.get("bias_dim") is not None:
+    if model and isinstance(mixer, DictConfig) and mixer.get("bias_dim") is not None:
         overrides.append(f"model.mixer.bias_dim={min(int(mixer.bias_dim), BIAS_DIM)}")
     if cfg.schedule.get("warmup_steps") is not None:
         overrides.append("schedule.warmup_steps=2")
@@ -598,20 +602,21 @@ def check_compare(outcomes: list[Outcome], records_dir: Path, work: Path) -> Non
 # ---------------------------------------------------------------- main
 
 
-def experiment_overrides(cfg: DictConfig, fixtures: Fixtures, variant: int = 0) -> list[str]:
+def experiment_overrides(cfg: DictConfig, fixtures: Fixtures, variant: int = 0, model: bool = True) -> list[str]:
     """The composed experiment's shrink plus the overrides pointing it at its data files."""
-    return shrink(cfg) + fixtures.data_overrides(_target(cfg.data), variant)
+    return shrink(cfg, model) + fixtures.data_overrides(_target(cfg.data), variant)
 
 
 def plan(names: Sequence[str], fixtures: Fixtures) -> dict[str, list[str]]:
     """Each experiment's overrides; experiments of one data module take its formats in turn."""
     turns: dict[str, int] = {}
     overrides = {}
+    miniatures = set(miniature_names())
     for name in names:
         cfg = compose_experiment(name)
         data = _target(cfg.data)
         turns[data] = turns.get(data, -1) + 1
-        overrides[name] = experiment_overrides(cfg, fixtures, turns[data])
+        overrides[name] = experiment_overrides(cfg, fixtures, turns[data], model=name not in miniatures)
     return overrides
 
 
@@ -627,7 +632,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def select(args: argparse.Namespace) -> list[str]:
-    names = experiment_names()
+    names = experiment_names() + miniature_names()
     if args.only:
         unknown = sorted(set(args.only) - set(names))
         if unknown:
@@ -635,8 +640,8 @@ def select(args: argparse.Namespace) -> list[str]:
                 f"error: no configs/experiment/{unknown[0]}.yaml: pick from python scripts/rehearse.py --list"
             )
         return sorted(args.only)
-    if args.ci:
-        return ci_subset({name: compose_experiment(name) for name in names}, paper_tables())
+    if args.ci:  # the paper rows: a miniature adds no code path but its packaged data (tests/data)
+        return ci_subset({name: compose_experiment(name) for name in experiment_names()}, paper_tables())
     return names
 
 

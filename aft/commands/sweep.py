@@ -1,5 +1,13 @@
 """Train the rows of one table of the paper: one Hydra multirun over the table's experiments.
 
+With ``--miniature`` the table's miniature (``configs/experiment/mini/<table>/``, aft/miniature.py)
+runs instead, on this machine (Hydra's basic launcher, unless ``hydra/launcher=...`` is given), once
+per seed of ``--seeds``, each finished run evaluated into ``--records`` (``results/runs/miniature``);
+a (row, seed) that already has its records is skipped, so a re-run completes what is missing:
+
+    python scripts/sweep.py table9 --miniature                # seeds 0 1 2
+    python scripts/sweep.py table5 --miniature --seeds 3 4    # two more seeds
+
 The tables' rows are data, ``sweep_tables.yaml`` beside this module (table -> experiments, sweeps
 expanded). From the folder that is to hold ``runs/``, with the environment active,
 
@@ -34,9 +42,13 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from aft.experiments import experiment_names
+from aft.miniature import canonical_miniature
+from aft.resources import results_dir
+from aft.run_name import run_name
 
 TABLES = Path(__file__).with_name("sweep_tables.yaml")  # package data of aft.commands
 TRAIN = ["-m", "aft.commands.train"]  # python train.py, from any folder
+EVAL = ["-m", "aft.commands.eval"]  # python eval.py
 LAUNCHER = "hydra/launcher=slurm_v100"  # configs/hydra/launcher/slurm_v100.yaml
 
 
@@ -77,17 +89,64 @@ def as_sweep(override: str) -> str:
     return f"{parsed.get_key_element()}=choice({parsed.get_value_element_as_str()})"
 
 
-def sweep_command(table: str, experiments: Sequence[str], overrides: Sequence[str]) -> list[str]:
-    """The ``train.py`` multirun command line, without the interpreter."""
-    launcher = [] if any(o.startswith("hydra/launcher=") for o in overrides) else [LAUNCHER]
+def sweep_command(
+    sweep_dir: str, experiments: Sequence[str], overrides: Sequence[str], launcher: str | None = LAUNCHER
+) -> list[str]:
+    """The ``train.py`` multirun command line, without the interpreter; ``launcher`` unless one is given."""
+    given = any(o.startswith("hydra/launcher=") for o in overrides)
     return [
         *TRAIN,
         "-m",
-        *launcher,
-        f"hydra.sweep.dir=runs/sweeps/{table}-${{now:%Y-%m-%d_%H-%M-%S}}",
+        *([launcher] if launcher and not given else []),
+        f"hydra.sweep.dir=runs/sweeps/{sweep_dir}-${{now:%Y-%m-%d_%H-%M-%S}}",
         "experiment=" + ",".join(experiments),
         *(as_sweep(o) for o in overrides),
     ]
+
+
+def has_records(experiment: str, seed: int, records: dict[str, dict]) -> bool:
+    """Whether ``records`` hold a complete evaluation of ``experiment`` at ``seed`` with today's config."""
+    from aft.commands.compare import config_differences
+
+    return any(
+        record["experiment"] == experiment
+        and record.get("config", {}).get("seed") == seed
+        and record["metrics"].get("complete", True)
+        and not config_differences(record, frozenset({"seed"}))
+        for record in records.values()
+    )
+
+
+def run_miniature(table: str, experiments: Sequence[str], args: argparse.Namespace) -> int:
+    """Train the miniature of ``table`` for every seed without records, then evaluate what finished."""
+    from aft.commands.compare import load_records
+
+    try:
+        names = list(dict.fromkeys(canonical_miniature(table, name) for name in experiments))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    records = load_records(args.records)
+    failed = 0
+    for seed in args.seeds:
+        pending = [name for name in names if not has_records(name, seed, records)]
+        print(f"# seed {seed}: {len(names) - len(pending)} of {len(names)} rows have records")
+        if not pending:
+            continue
+        overrides = [f"seed={seed}", *args.overrides]
+        command = sweep_command(f"mini-{table}-seed{seed}", pending, overrides, launcher=None)
+        print(shlex.join(["python", *command]), flush=True)
+        if args.dry_run:
+            continue
+        failed |= subprocess.run([sys.executable, *command]).returncode
+        for name in pending:
+            run_dir = Path("runs") / run_name(name, overrides)
+            if not (run_dir / "final.json").exists():
+                print(f"error: {run_dir} did not finish: see its log, then re-run this command", file=sys.stderr)
+                failed = 1
+                continue
+            evaluate = [*EVAL, f"run={run_dir}", f"out={args.records}"]
+            failed |= subprocess.run([sys.executable, *evaluate]).returncode
+    return failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,10 +155,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("table", help=f"a table of {TABLES.name}: table2 ... table12, sec5.3, sec8")
     parser.add_argument("--dry-run", action="store_true", help="print the command and the jobs, submit nothing")
     parser.add_argument("--tables", type=Path, default=TABLES, help="the table file (default: %(default)s)")
+    parser.add_argument("--miniature", action="store_true", help="the table's miniature, on this machine")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="miniature seeds (default: 0 1 2)")
+    parser.add_argument(
+        "--records", type=Path, default=results_dir() / "runs" / "miniature", help="miniature records folder"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job (key=value)")
     args = parser.parse_intermixed_args(argv)
     tables = load_tables(args.tables)
     experiments = table_experiments(args.table, tables, args.tables)
+    if args.miniature:
+        return run_miniature(args.table, experiments, args)
     command = sweep_command(args.table, experiments, args.overrides)
     print(f"# {args.table}: {tables[args.table]['about']}; {len(experiments)} jobs")
     print(shlex.join(["python", *command]))

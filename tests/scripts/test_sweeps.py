@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,26 @@ def test_unknown_table_or_experiment_is_refused_before_submitting(tmp_path: Path
         )
         assert result.returncode == 1 and result.stderr.startswith("error: "), result.stderr
     assert "no_such_experiment" in result.stderr
+
+
+def test_miniature_skips_the_rows_and_seeds_that_have_records(tmp_path: Path) -> None:
+    records = tmp_path / "records"
+    records.mkdir()
+    for path in (ROOT / "results" / "runs" / "miniature").glob("mini__table6__*_t2048-*.json"):
+        shutil.copy(path, records)  # one row of Table 6's miniature, seeds 0 1 2
+    lines = dry_run("table6", "--miniature", "--seeds", "0", "3", "--records", str(records))
+    rows = ["mini/table4/enwik8_aft_local32_l24_d256", "mini/table6/enwik8_aft_local32_l24_d256_t4096"]
+    assert lines[0] == "# seed 0: 1 of 3 rows have records"  # Table 4's row of T = 1024 trains Table 6's too
+    command = shlex.split(lines[1])
+    assert command[:4] == ["python", "-m", "aft.commands.train", "-m"] and sweep.LAUNCHER not in command  # here
+    assert command[4] == "hydra.sweep.dir=runs/sweeps/mini-table6-seed0-${now:%Y-%m-%d_%H-%M-%S}"
+    assert command[5:] == ["experiment=" + ",".join(rows), "seed=choice(0)"]
+    assert lines[2] == "# seed 3: 0 of 3 rows have records"
+    assert shlex.split(lines[3])[5] == "experiment=" + ",".join([rows[0], f"{rows[1][:-6]}_t2048", rows[1]])
+
+
+def test_miniature_of_a_table_without_one_is_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/sweep.py", "table8", "--miniature"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 1 and result.stderr.startswith("error: table8 has no miniature"), result.stderr
