@@ -194,20 +194,20 @@ def record_experiment(record: dict[str, Any]) -> str:
 def _paper_config(experiment: str, overrides: tuple[str, ...]) -> dict[str, Any]:
     """The leaves of the experiment's composed config that change the result, by dotted key."""
     config = OmegaConf.to_container(compose_experiment(experiment, overrides), resolve=True)
-    return _leaves(result_config(config))
+    return config_leaves(result_config(config))
 
 
 def _without(leaves: dict[str, Any], ignored: frozenset[str]) -> dict[str, Any]:
     return {key: value for key, value in leaves.items() if key not in ignored}
 
 
-def _leaves(config: Any, prefix: str = "") -> dict[str, Any]:
+def config_leaves(config: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a.b": value}`` for every non-mapping value of a nested mapping (a list is one value)."""
     if not isinstance(config, dict) or not config:
         return {prefix.removesuffix("."): config}
     leaves: dict[str, Any] = {}
     for key, value in config.items():
-        leaves.update(_leaves(value, f"{prefix}{key}."))
+        leaves.update(config_leaves(value, f"{prefix}{key}."))
     return leaves
 
 
@@ -218,7 +218,7 @@ def config_differences(record: dict[str, Any], ignored: frozenset[str] = frozens
     if "config" not in record:
         return ["the record holds no config (written before eval.py stored it): re-run eval.py on the run"]
     paper = _without(_paper_config(record["experiment"], eval_size_overrides(record)), ignored)
-    ours = _without(_leaves(result_config(record["config"])), ignored)
+    ours = _without(config_leaves(result_config(record["config"])), ignored)
     absent = "(absent)"
     return [
         f"{key}: {paper.get(key, absent)} -> {ours.get(key, absent)}"
@@ -573,7 +573,9 @@ def match_miniatures(
         counted[name] = {}
     modified = {}
     for file, record in records.items():
-        matches = by_key.get(_config_key(_leaves(result_config(record["config"])))) if "config" in record else None
+        matches = (
+            by_key.get(_config_key(config_leaves(result_config(record["config"])))) if "config" in record else None
+        )
         for name in matches or []:
             counted[name][file] = record
         if not matches and record["experiment"] in counted:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
+from aft.commands.compare import config_leaves
 from aft.commands.sweep import expand, load_tables
 from aft.experiments import compose_experiment
 from aft.miniature import (
@@ -23,17 +24,8 @@ from aft.run_name import is_result_key
 TABLES = load_tables()
 
 
-def _leaves(node: object, prefix: str = "") -> dict[str, object]:
-    if not isinstance(node, dict) or not node:
-        return {prefix.removesuffix("."): node}
-    out: dict[str, object] = {}
-    for key, value in node.items():
-        out.update(_leaves(value, f"{prefix}{key}."))
-    return out
-
-
 def _resolved(name: str) -> dict[str, object]:
-    leaves = _leaves(OmegaConf.to_container(compose_experiment(name), resolve=False))  # interpolations as written
+    leaves = config_leaves(OmegaConf.to_container(compose_experiment(name), resolve=False))  # interpolations as written
     return {key: value for key, value in leaves.items() if is_result_key(key)}
 
 
