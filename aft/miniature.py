@@ -6,8 +6,9 @@ nothing else (``tests/experiments/test_miniature.py`` composes both and checks i
 what its tables compare (mixer, window size, factorized or dense bias, sequence length, kernel
 size, heads, reparameterization, the query term, the sparsity and Gumbel terms, global
 connectivity) and the recipe (optimizer, learning rate, schedule shape, regularizers,
-augmentation), and shrinks depth, width, data, batch and training length; where the smaller input
-would make a compared value meaningless it scales the value with the input:
+augmentation; the ImageNet family trains unaugmented, below), and shrinks depth, width, data,
+batch and training length; where the smaller input would make a compared value meaningless it
+scales the value with the input:
 
 * ``enwik8`` (Tables 4-6): Python's own help texts (``data/embedded_text.py``, pinned by md5)
   for Enwik8, at the row's T (1024, 2048, 4096: windows up to 1024 stay meaningful); L / 6,
@@ -22,7 +23,9 @@ would make a compared value meaningless it scales the value with the input:
   (3, 7, 11, 15, 25, 27 -> 3, 5, 7, 9, 13, 15; 27 still spans the whole grid from any
   position); L / 6, d / 4 (d' / 4), batch / 16, epochs / 10; AFT-conv heads scale with d (their
   head width d / h is kept: 384 heads = d stay one channel each), attention heads (DeiT, Lambda)
-  keep their count. ResNet50 has no L or d: it runs whole on the digits.
+  keep their count. ResNet50 has no L or d: it runs whole on the digits. The one change to the
+  recipe: no augmentation (crop, flip, RandAugment, erasing, Mixup, CutMix, repeats), which holds
+  the 8 x 8 digits near chance for the few hundred updates of a miniature.
 
 Table 8 has no miniature: its "ft" row starts from DeiT base 384's pretrained weights, which a
 miniature cannot download.
@@ -32,6 +35,7 @@ miniature cannot download.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,15 +50,15 @@ from aft.resources import config_dir
 Overrides = dict[str, tuple[Any, str]]  # dotted config key -> (value, why)
 
 TEXT_MD5 = "a567cbdee0bc4bbed3e45dd499ee1bf1"  # data/embedded_text.py's corpus under Python 3.11.7
-TEXT_TRAIN_BYTES = 419_645  # its 90 % train split
 ENWIK8_TRAIN_BYTES = 90_000_000  # §5.2
 CIFAR10_TRAIN_IMAGES = 50_000  # §5.1
 TILE_SIDE, CIFAR10_SIDE = 16, 32
 GRID, IMAGENET_GRID = 8, 14  # patch grid sides: 8 x 8 digits, 1-pixel patches; 224 / 16
 DIGITS_CLASSES = 10
 IMAGENET_TRAIN_IMAGES = 1_281_167  # §5.3: ImageNet-1K train
-DIGITS_TRAIN_IMAGES = 1_438  # configs/data/digits.yaml: the first 1438 of 1797
-RA_ROUND = 256  # timm's RepeatAugSampler selected_round
+RA_ROUND = 256  # timm's RepeatAugSampler selected_round: ImageNet's epoch is a multiple of it
+DIGITS_REPEATS = 1  # no repeated augmentation: the miniature trains unaugmented
+UNAUGMENTED = "DeiT's augmentation holds the digits near chance (12 % top-1) in a miniature (docs/miniature.md)"
 EVALUATIONS = 10  # periodic evaluations per miniature run
 
 
@@ -115,7 +119,7 @@ def _enwik8(cfg: DictConfig, rule: Rule) -> Overrides:
 
 def _enwik8_items(cfg: DictConfig) -> tuple[int, int]:
     T = cfg.data.seq_len
-    return ENWIK8_TRAIN_BYTES // T, TEXT_TRAIN_BYTES // T
+    return ENWIK8_TRAIN_BYTES // T, train_samples("embedded_text", seq_len=T)
 
 
 def _cifar10(cfg: DictConfig, rule: Rule) -> Overrides:
@@ -143,14 +147,13 @@ def _cifar10(cfg: DictConfig, rule: Rule) -> Overrides:
 
 
 def _cifar10_items(cfg: DictConfig) -> tuple[int, int]:
-    return CIFAR10_TRAIN_IMAGES, photo_tile_count()
+    return CIFAR10_TRAIN_IMAGES, train_samples("photo_tiles")
 
 
 def _imagenet_items(cfg: DictConfig) -> tuple[int, int]:
     """Images per epoch; the repeated-augmentation sampler draws a multiple of 256 (timm's RepeatAugSampler)."""
-    if cfg.data.repeated_aug < 2:
-        return IMAGENET_TRAIN_IMAGES, DIGITS_TRAIN_IMAGES
-    return (IMAGENET_TRAIN_IMAGES // RA_ROUND * RA_ROUND, DIGITS_TRAIN_IMAGES // RA_ROUND * RA_ROUND)
+    paper = IMAGENET_TRAIN_IMAGES // RA_ROUND * RA_ROUND if cfg.data.repeated_aug >= 2 else IMAGENET_TRAIN_IMAGES
+    return paper, train_samples("digits", repeated_aug=DIGITS_REPEATS)
 
 
 def kernel_size(paper: int) -> int:
@@ -163,6 +166,10 @@ def _imagenet(cfg: DictConfig, rule: Rule) -> Overrides:
     model = cfg.model
     out: Overrides = {
         "data.image_size": (GRID, "8 x 8 digits"),
+        "data.augment": (False, f"true: {UNAUGMENTED}"),
+        "data.mixup": (0.0, f"{cfg.data.mixup}: {UNAUGMENTED}"),
+        "data.cutmix": (0.0, f"{cfg.data.cutmix}: {UNAUGMENTED}"),
+        "data.repeated_aug": (DIGITS_REPEATS, f"{cfg.data.repeated_aug}: repeats of an unaugmented image are copies"),
         "model.num_classes": (DIGITS_CLASSES, "the digits' classes"),
     }
     if model._target_ == "timm.create_model":
@@ -221,12 +228,14 @@ TABLE_RULES = {
 NOT_IN_MINIATURE = {"table8": "its fine-tuned row needs DeiT base 384's pretrained weights"}
 
 
-def photo_tile_count() -> int:
-    """Train tiles of ``configs/data/photo_tiles.yaml`` (the warmup's share of updates depends on it)."""
+@functools.cache
+def train_samples(data: str, **keys: Any) -> int:
+    """Training samples per epoch on one rank of ``configs/data/<data>.yaml`` with ``keys`` set: what
+    its training sampler draws (the updates per epoch, and so the warmup's share, follow from it)."""
     from hydra.utils import instantiate
 
-    data = OmegaConf.load(config_dir() / "data" / "photo_tiles.yaml")
-    return len(instantiate(data)._train_dataset(seed=0, epoch=0))
+    cfg = OmegaConf.merge(OmegaConf.load(config_dir() / "data" / f"{data}.yaml"), keys)
+    return len(instantiate(cfg).train_dataloader(batch_size=1))
 
 
 def mini_dir() -> Path:

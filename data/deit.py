@@ -84,6 +84,8 @@ class DeitClassification(DataModule):
         num_classes: number of classes.
         image_size, eval_image_size: train and eval crop sides (eval defaults to train).
         eval_crop_pct: eval resize ratio; None means ``default_crop_pct(eval_image_size)``.
+        augment: False trains on the eval transform's images (no random crop, flip, RandAugment or
+            erasing); Mixup/CutMix have their own keys.
         auto_augment, color_jitter, re_prob, re_mode, re_count, interpolation: timm train transform.
         mixup, cutmix, mixup_prob, mixup_switch_prob, mixup_mode, label_smoothing: ``timm.data.Mixup``.
         repeated_aug: repeats per sample of the repeated-augmentation sampler; below 2 uses a plain
@@ -102,6 +104,7 @@ class DeitClassification(DataModule):
         image_size: int = 224,
         eval_image_size: int | None = None,
         eval_crop_pct: float | None = None,
+        augment: bool = True,
         auto_augment: str | None = "rand-m9-mstd0.5-inc1",
         color_jitter: float = 0.4,
         re_prob: float = 0.25,
@@ -133,21 +136,23 @@ class DeitClassification(DataModule):
         )
         self.label_smoothing = label_smoothing
         self.repeated_aug = repeated_aug
-        train_transform = with_safe_posterize(
-            create_transform(
-                image_size,
-                is_training=True,
-                auto_augment=auto_augment,
-                color_jitter=color_jitter,
-                re_prob=re_prob,
-                re_mode=re_mode,
-                re_count=re_count,
-                interpolation=interpolation,
-            )
-        )
         self.eval_transform = create_transform(
             self.eval_image_size, is_training=False, interpolation=interpolation, crop_pct=self.eval_crop_pct
         )
+        train_transform = self.eval_transform
+        if augment:
+            train_transform = with_safe_posterize(
+                create_transform(
+                    image_size,
+                    is_training=True,
+                    auto_augment=auto_augment,
+                    color_jitter=color_jitter,
+                    re_prob=re_prob,
+                    re_mode=re_mode,
+                    re_count=re_count,
+                    interpolation=interpolation,
+                )
+            )
         self.datasets = datasets
         self.datasets["train"].transform = train_transform
         self.datasets["val"].transform = self.eval_transform

@@ -8,6 +8,9 @@ a (row, seed) that already has its records is skipped, so a re-run completes wha
     python scripts/sweep.py table9 --miniature                # seeds 0 1 2
     python scripts/sweep.py table5 --miniature --seeds 3 4    # two more seeds
 
+A stop signal (SIGTERM, SIGUSR1, SIGUSR2) to this command reaches the running job, which checkpoints
+and exits 75 (aft/training/preemption.py); no other row or seed starts, and the same command resumes.
+
 The tables' rows are data, ``sweep_tables.yaml`` beside this module (table -> experiments, sweeps
 expanded). From the folder that is to hold ``runs/``, with the environment active,
 
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -45,6 +49,7 @@ from aft.experiments import experiment_names
 from aft.miniature import canonical_miniature
 from aft.resources import results_dir
 from aft.run_name import run_name
+from aft.training.preemption import EXIT_PREEMPTED, STOP_SIGNALS
 
 TABLES = Path(__file__).with_name("sweep_tables.yaml")  # package data of aft.commands
 TRAIN = ["-m", "aft.commands.train"]  # python train.py, from any folder
@@ -117,6 +122,18 @@ def has_records(experiment: str, seed: int, records: dict[str, dict]) -> bool:
     )
 
 
+def run_forwarding_stops(command: Sequence[str]) -> int:
+    """Run ``python command`` to its end, passing on the stop signals this process receives (the
+    multirun's job checkpoints and exits :data:`EXIT_PREEMPTED`); its exit code."""
+    child = subprocess.Popen([sys.executable, *command])
+    previous = {sig: signal.signal(sig, lambda signum, _: child.send_signal(signum)) for sig in STOP_SIGNALS}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_miniature(table: str, experiments: Sequence[str], args: argparse.Namespace) -> int:
     """Train the miniature of ``table`` for every seed without records, then evaluate what finished."""
     from aft.commands.compare import load_records
@@ -137,15 +154,20 @@ def run_miniature(table: str, experiments: Sequence[str], args: argparse.Namespa
         print(shlex.join(["python", *command]), flush=True)
         if args.dry_run:
             continue
-        failed |= subprocess.run([sys.executable, *command]).returncode
+        code = run_forwarding_stops(command)
+        stopped = code == EXIT_PREEMPTED
+        failed |= code
         for name in pending:
             run_dir = Path("runs") / run_name(name, overrides)
             if not (run_dir / "final.json").exists():
-                print(f"error: {run_dir} did not finish: see its log, then re-run this command", file=sys.stderr)
-                failed = 1
+                if not stopped:
+                    print(f"error: {run_dir} did not finish: see its log, then re-run this command", file=sys.stderr)
                 continue
             evaluate = [*EVAL, f"run={run_dir}", f"out={args.records}"]
             failed |= subprocess.run([sys.executable, *evaluate]).returncode
+        if stopped:
+            print(f"stopped at seed {seed}, the running job checkpointed: the same command resumes", file=sys.stderr)
+            return EXIT_PREEMPTED
     return failed
 
 

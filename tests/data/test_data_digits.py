@@ -65,6 +65,15 @@ def test_train_batches_have_imagenets_format(digits: Digits) -> None:
     assert torch.allclose(targets.sum(1), torch.ones(32))
 
 
+def test_unaugmented_training_sees_the_stored_digits() -> None:
+    plain = Digits(num_workers=0, augment=False, mixup=0.0, cutmix=0.0, repeated_aug=1)
+    assert plain.mixup_fn() is None
+    train = plain.datasets["train"]
+    stored = torch.stack([plain._eval_dataset("train")[i][0] for i in range(4)])
+    assert torch.equal(torch.stack([train[i][0] for i in range(4)]), stored)  # no crop, flip, RandAugment, erasing
+    assert len(plain.train_dataloader(batch_size=1)) == 1438  # every image once an epoch
+
+
 def test_two_constructions_give_the_same_bytes(digits: Digits) -> None:
     again = Digits(num_workers=0)
     assert again.describe() == digits.describe()

@@ -114,3 +114,26 @@ def test_miniature_of_a_table_without_one_is_refused() -> None:
         [sys.executable, "scripts/sweep.py", "table8", "--miniature"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 1 and result.stderr.startswith("error: table8 has no miniature"), result.stderr
+
+
+def test_a_stop_signal_reaches_the_running_job(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    job = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(75)); time.sleep(30)"
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), sweep.signal.SIGTERM))
+    timer.start()
+    try:
+        assert sweep.run_forwarding_stops(["-c", job]) == sweep.EXIT_PREEMPTED
+    finally:
+        timer.cancel()
+
+
+def test_a_stopped_seed_ends_the_miniature_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = []
+    monkeypatch.setattr(sweep, "run_forwarding_stops", lambda command: started.append(command) or 75)
+    monkeypatch.chdir(tmp_path)  # no runs/ here: nothing finished, nothing to evaluate
+    args = sweep.argparse.Namespace(seeds=[0, 1], overrides=[], records=tmp_path / "records", dry_run=False)
+    (tmp_path / "records").mkdir()
+    assert sweep.run_miniature("table6", sweep.table_experiments("table6", sweep.load_tables()), args) == 75
+    assert len(started) == 1 and "seed=choice(0)" in started[0]  # seed 1 never started
