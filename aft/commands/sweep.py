@@ -7,6 +7,7 @@ a (row, seed) that already has its records is skipped, so a re-run completes wha
 
     python scripts/sweep.py table9 --miniature                # seeds 0 1 2
     python scripts/sweep.py table5 --miniature --seeds 3 4    # two more seeds
+    python scripts/sweep.py all --miniature                   # every table's miniature, in order
 
 A stop signal (SIGTERM, SIGUSR1, SIGUSR2) to this command reaches the running job, which checkpoints
 and exits 75 (aft/training/preemption.py); no other row or seed starts, and the same command resumes.
@@ -46,7 +47,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from aft.experiments import experiment_names
-from aft.miniature import canonical_miniature
+from aft.miniature import TABLE_RULES, canonical_miniature
 from aft.resources import results_dir
 from aft.run_name import run_name
 from aft.training.preemption import EXIT_PREEMPTED, STOP_SIGNALS
@@ -171,10 +172,24 @@ def run_miniature(table: str, experiments: Sequence[str], args: argparse.Namespa
     return failed
 
 
+def run_miniatures(names: Sequence[str], tables: dict[str, dict], args: argparse.Namespace) -> int:
+    """:func:`run_miniature` for each table of ``names`` in turn, until one is stopped by a signal."""
+    failed = 0
+    for table in names:
+        print(f"# {table}: {tables[table]['about']}", flush=True)
+        code = run_miniature(table, table_experiments(table, tables, args.tables), args)
+        if code == EXIT_PREEMPTED:
+            return code
+        failed |= code
+    return failed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python scripts/sweep.py`` / ``aft-sweep``: print the table's multirun and, unless ``--dry-run``, run it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("table", help=f"a table of {TABLES.name}: table2 ... table12, sec5.3, sec8")
+    parser.add_argument(
+        "table", help=f"a table of {TABLES.name}: table2 ... table12, sec5.3, sec8; all (with --miniature)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the command and the jobs, submit nothing")
     parser.add_argument("--tables", type=Path, default=TABLES, help="the table file (default: %(default)s)")
     parser.add_argument("--miniature", action="store_true", help="the table's miniature, on this machine")
@@ -185,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job (key=value)")
     args = parser.parse_intermixed_args(argv)
     tables = load_tables(args.tables)
+    if args.table == "all" and args.miniature:
+        return run_miniatures(list(TABLE_RULES), tables, args)
     experiments = table_experiments(args.table, tables, args.tables)
     if args.miniature:
         return run_miniature(args.table, experiments, args)

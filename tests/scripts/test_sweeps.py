@@ -137,3 +137,16 @@ def test_a_stopped_seed_ends_the_miniature_sweep(tmp_path: Path, monkeypatch: py
     (tmp_path / "records").mkdir()
     assert sweep.run_miniature("table6", sweep.table_experiments("table6", sweep.load_tables()), args) == 75
     assert len(started) == 1 and "seed=choice(0)" in started[0]  # seed 1 never started
+
+
+def test_all_runs_every_miniature_table_in_order_until_one_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aft.miniature import TABLE_RULES
+
+    tables = []
+    monkeypatch.setattr(sweep, "run_miniature", lambda table, experiments, args: tables.append(table) or 0)
+    assert sweep.main(["all", "--miniature"]) == 0 and tables == list(TABLE_RULES)
+    tables.clear()
+    monkeypatch.setattr(
+        sweep, "run_miniature", lambda table, experiments, args: tables.append(table) or 75 * (table == "table3")
+    )
+    assert sweep.main(["all", "--miniature"]) == 75 and tables == ["table2", "table3"]
