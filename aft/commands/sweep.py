@@ -125,14 +125,23 @@ def has_records(experiment: str, seed: int, records: dict[str, dict]) -> bool:
 
 def run_forwarding_stops(command: Sequence[str]) -> int:
     """Run ``python command`` to its end, passing on the stop signals this process receives (the
-    multirun's job checkpoints and exits :data:`EXIT_PREEMPTED`); its exit code."""
+    multirun's job checkpoints and exits :data:`EXIT_PREEMPTED`); its exit code, and
+    :data:`EXIT_PREEMPTED` for any failure after a stop signal (one that came before the job set its
+    handler kills the multirun outright)."""
     child = subprocess.Popen([sys.executable, *command])
-    previous = {sig: signal.signal(sig, lambda signum, _: child.send_signal(signum)) for sig in STOP_SIGNALS}
+    received: list[int] = []
+
+    def forward(signum: int, _: object) -> None:
+        received.append(signum)
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
-        return child.wait()
+        code = child.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return EXIT_PREEMPTED if received and code != 0 else code
 
 
 def run_miniature(table: str, experiments: Sequence[str], args: argparse.Namespace) -> int:

@@ -129,6 +129,18 @@ def test_a_stop_signal_reaches_the_running_job(tmp_path: Path) -> None:
         timer.cancel()
 
 
+def test_a_stop_signal_before_the_jobs_handler_still_counts_as_a_stop() -> None:
+    import os
+    import threading
+
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), sweep.signal.SIGTERM))  # the child dies of it
+    timer.start()
+    try:
+        assert sweep.run_forwarding_stops(["-c", "import time; time.sleep(30)"]) == sweep.EXIT_PREEMPTED
+    finally:
+        timer.cancel()
+
+
 def test_a_stopped_seed_ends_the_miniature_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started = []
     monkeypatch.setattr(sweep, "run_forwarding_stops", lambda command: started.append(command) or 75)
