@@ -116,27 +116,22 @@ def test_miniature_of_a_table_without_one_is_refused() -> None:
     assert result.returncode == 1 and result.stderr.startswith("error: table8 has no miniature"), result.stderr
 
 
-def test_a_stop_signal_reaches_the_running_job(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "job",
+    [
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(75)); time.sleep(30)",
+        "import time; time.sleep(30)",  # the signal comes before the job's handler: the child dies of it
+    ],
+    ids=["job-checkpoints", "before-the-handler"],
+)
+def test_a_stop_signal_reaches_the_running_job_and_counts_as_a_stop(job: str) -> None:
     import os
     import threading
 
-    job = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(75)); time.sleep(30)"
     timer = threading.Timer(1.0, os.kill, (os.getpid(), sweep.signal.SIGTERM))
     timer.start()
     try:
         assert sweep.run_forwarding_stops(["-c", job]) == sweep.EXIT_PREEMPTED
-    finally:
-        timer.cancel()
-
-
-def test_a_stop_signal_before_the_jobs_handler_still_counts_as_a_stop() -> None:
-    import os
-    import threading
-
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), sweep.signal.SIGTERM))  # the child dies of it
-    timer.start()
-    try:
-        assert sweep.run_forwarding_stops(["-c", "import time; time.sleep(30)"]) == sweep.EXIT_PREEMPTED
     finally:
         timer.cancel()
 
