@@ -1,16 +1,19 @@
 """Train the rows of one table of the paper: one Hydra multirun over the table's experiments.
 
 With ``--miniature`` the table's miniature (``configs/experiment/mini/<table>/``, aft/miniature.py)
-runs instead, on this machine (Hydra's basic launcher, unless ``hydra/launcher=...`` is given), once
-per seed of ``--seeds``, each finished run evaluated into ``--records`` (``results/runs/miniature``);
-a (row, seed) that already has its records is skipped, so a re-run completes what is missing:
+runs instead, on this machine (Hydra's basic launcher, unless ``hydra/launcher=...`` is given), one
+multirun per seed of ``--seeds`` (``--jobs N``: N multiruns at once, each seed's rows dealt out among
+them, the cores shared out through OMP_NUM_THREADS), each finished run evaluated into ``--records``
+(``results/runs/miniature``); a (row, seed) that already has its records is skipped, so a re-run
+completes what is missing:
 
     python scripts/sweep.py table9 --miniature                # seeds 0 1 2
+    python scripts/sweep.py table9 --miniature --jobs 2       # two jobs at once, one core each
     python scripts/sweep.py table5 --miniature --seeds 3 4    # two more seeds
     python scripts/sweep.py all --miniature                   # every table's miniature, in order
 
-A stop signal (SIGTERM, SIGUSR1, SIGUSR2) to this command reaches the running job, which checkpoints
-and exits 75 (aft/training/preemption.py); no other row or seed starts, and the same command resumes.
+A stop signal (SIGTERM, SIGUSR1, SIGUSR2) to this command reaches the running jobs, which checkpoint
+and exit 75 (aft/training/preemption.py); no other row or seed starts, and the same command resumes.
 
 The tables' rows are data, ``sweep_tables.yaml`` beside this module (table -> experiments, sweeps
 expanded). From the folder that is to hold ``runs/``, with the environment active,
@@ -36,11 +39,13 @@ the table's), so a plain ``data.split_bytes=...`` would fail there before any jo
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -56,6 +61,7 @@ TABLES = Path(__file__).with_name("sweep_tables.yaml")  # package data of aft.co
 TRAIN = ["-m", "aft.commands.train"]  # python train.py, from any folder
 EVAL = ["-m", "aft.commands.eval"]  # python eval.py
 LAUNCHER = "hydra/launcher=slurm_v100"  # configs/hydra/launcher/slurm_v100.yaml
+POLL_SECONDS = 0.5  # how often a running miniature job is checked for its end
 
 
 def load_tables(path: Path = TABLES) -> dict[str, dict]:
@@ -123,29 +129,57 @@ def has_records(experiment: str, seed: int, records: dict[str, dict]) -> bool:
     )
 
 
-def run_forwarding_stops(command: Sequence[str]) -> int:
-    """Run ``python command`` to its end, passing on the stop signals this process receives (the
-    multirun's job checkpoints and exits :data:`EXIT_PREEMPTED`); its exit code, and
-    :data:`EXIT_PREEMPTED` for any failure after a stop signal (one that came before the job set its
-    handler kills the multirun outright)."""
-    child = subprocess.Popen([sys.executable, *command])
-    received: list[int] = []
+def run_forwarding_stops(
+    commands: Sequence[Sequence[str]],
+    jobs: int = 1,
+    ended: Callable[[int, int, bool], int] = lambda index, code, stopped: 0,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Run each ``python command``, at most ``jobs`` at once, in order, passing the stop signals this process
+    receives on to every running one (a miniature job checkpoints and exits :data:`EXIT_PREEMPTED`); after a
+    stop signal, or a job's exit :data:`EXIT_PREEMPTED`, none of the rest starts. ``ended(index, code,
+    stopped)`` is called as each exits and returns a further exit code (its evaluation's). The exit code:
+    :data:`EXIT_PREEMPTED` if stopped and anything failed (a signal that came before a job set its handler
+    kills that job outright), else 0 iff every code was 0."""
+    waiting = list(enumerate(commands))
+    running: dict[int, subprocess.Popen] = {}
+    stopped = False
+    failed = 0
 
     def forward(signum: int, _: object) -> None:
-        received.append(signum)
-        child.send_signal(signum)
+        nonlocal stopped
+        stopped = True
+        for child in list(running.values()):
+            child.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
-        code = child.wait()
+        while running or (waiting and not stopped):
+            while waiting and len(running) < jobs and not stopped:
+                index, command = waiting.pop(0)
+                running[index] = subprocess.Popen([sys.executable, *command], env=env)
+            time.sleep(POLL_SECONDS)
+            for index, child in list(running.items()):
+                if (code := child.poll()) is not None:
+                    del running[index]
+                    stopped = stopped or code == EXIT_PREEMPTED
+                    failed |= code | ended(index, code, stopped)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return EXIT_PREEMPTED if received and code != 0 else code
+    return EXIT_PREEMPTED if stopped and failed else failed
+
+
+def thread_env(jobs: int) -> dict[str, str] | None:
+    """The environment of ``jobs`` concurrent jobs: this machine's cores shared out (OMP_NUM_THREADS); None for one."""
+    if jobs == 1:
+        return None
+    return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
 
 
 def run_miniature(table: str, experiments: Sequence[str], args: argparse.Namespace) -> int:
-    """Train the miniature of ``table`` for every seed without records, then evaluate what finished."""
+    """Train the miniature of ``table`` for every seed without records, ``args.jobs`` multiruns at once (each
+    seed's pending rows dealt out among them), and evaluate each run as its multirun ends."""
     from aft.commands.compare import load_records
 
     try:
@@ -153,21 +187,25 @@ def run_miniature(table: str, experiments: Sequence[str], args: argparse.Namespa
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     records = load_records(args.records)
-    failed = 0
+    units: list[tuple[list[str], list[str]]] = []  # (overrides, rows) of each multirun
+    commands: list[list[str]] = []
     for seed in args.seeds:
         pending = [name for name in names if not has_records(name, seed, records)]
         print(f"# seed {seed}: {len(names) - len(pending)} of {len(names)} rows have records")
-        if not pending:
-            continue
-        overrides = [f"seed={seed}", *args.overrides]
-        command = sweep_command(f"mini-{table}-seed{seed}", pending, overrides, launcher=None)
-        print(shlex.join(["python", *command]), flush=True)
-        if args.dry_run:
-            continue
-        code = run_forwarding_stops(command)
-        stopped = code == EXIT_PREEMPTED
-        failed |= code
-        for name in pending:
+        parts = [pending[i :: args.jobs] for i in range(min(args.jobs, len(pending)))]
+        for i, rows in enumerate(parts):
+            overrides = [f"seed={seed}", *args.overrides]
+            name = f"mini-{table}-seed{seed}" + (f"-part{i}" if len(parts) > 1 else "")
+            commands.append(sweep_command(name, rows, overrides, launcher=None))
+            units.append((overrides, rows))
+            print(shlex.join(["python", *commands[-1]]), flush=True)
+    if args.dry_run or not commands:
+        return 0
+
+    def evaluate(index: int, code: int, stopped: bool) -> int:
+        overrides, rows = units[index]
+        failed = 0
+        for name in rows:
             run_dir = Path("runs") / run_name(name, overrides)
             if not (run_dir / "final.json").exists():
                 if not stopped:
@@ -175,10 +213,12 @@ def run_miniature(table: str, experiments: Sequence[str], args: argparse.Namespa
                 continue
             evaluate = [*EVAL, f"run={run_dir}", f"out={args.records}"]
             failed |= subprocess.run([sys.executable, *evaluate]).returncode
-        if stopped:
-            print(f"stopped at seed {seed}, the running job checkpointed: the same command resumes", file=sys.stderr)
-            return EXIT_PREEMPTED
-    return failed
+        return failed
+
+    code = run_forwarding_stops(commands, args.jobs, evaluate, thread_env(args.jobs))
+    if code == EXIT_PREEMPTED:
+        print("stopped: the running jobs checkpointed, the same command resumes", file=sys.stderr)
+    return code
 
 
 def run_miniatures(names: Sequence[str], tables: dict[str, dict], args: argparse.Namespace) -> int:
@@ -204,10 +244,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--miniature", action="store_true", help="the table's miniature, on this machine")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="miniature seeds (default: 0 1 2)")
     parser.add_argument(
+        "--jobs", type=int, default=1, help="miniature multiruns at once, the cores shared out (default: 1)"
+    )
+    parser.add_argument(
         "--records", type=Path, default=results_dir() / "runs" / "miniature", help="miniature records folder"
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job (key=value)")
     args = parser.parse_intermixed_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give at least 1")
     tables = load_tables(args.tables)
     if args.table == "all" and args.miniature:
         return run_miniatures(list(TABLE_RULES), tables, args)

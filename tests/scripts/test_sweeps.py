@@ -116,6 +116,48 @@ def test_miniature_of_a_table_without_one_is_refused() -> None:
     assert result.returncode == 1 and result.stderr.startswith("error: table8 has no miniature"), result.stderr
 
 
+def test_miniature_jobs_deal_each_seeds_rows_out_among_concurrent_multiruns(tmp_path: Path) -> None:
+    records = tmp_path / "records"
+    records.mkdir()
+    for path in (ROOT / "results" / "runs" / "miniature").glob("mini__table6__*_t2048-*.json"):
+        shutil.copy(path, records)
+    lines = dry_run("table6", "--miniature", "--seeds", "0", "3", "--jobs", "2", "--records", str(records))
+    commands = {
+        shlex.split(line)[4].split("=", 1)[1].removesuffix("-${now:%Y-%m-%d_%H-%M-%S}"): shlex.split(line)[5]
+        for line in lines
+        if line[0] != "#"
+    }
+    t1024, t2048, t4096 = (
+        f"mini/table{t}/enwik8_aft_local32_l24_d256{s}" for t, s in ((4, ""), (6, "_t2048"), (6, "_t4096"))
+    )
+    assert commands == {
+        "runs/sweeps/mini-table6-seed0-part0": f"experiment={t1024}",
+        "runs/sweeps/mini-table6-seed0-part1": f"experiment={t4096}",
+        "runs/sweeps/mini-table6-seed3-part0": f"experiment={t1024},{t4096}",
+        "runs/sweeps/mini-table6-seed3-part1": f"experiment={t2048}",
+    }
+
+
+def test_jobs_below_one_are_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/sweep.py", "table6", "--miniature", "--jobs", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "--jobs 0: give at least 1" in result.stderr, result.stderr
+
+
+def stop_in(seconds: float):
+    """A timer that sends this process SIGTERM after ``seconds`` (cancel it when done)."""
+    import os
+    import threading
+
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), sweep.signal.SIGTERM))
+    timer.start()
+    return timer
+
+
 @pytest.mark.parametrize(
     "job",
     [
@@ -125,25 +167,41 @@ def test_miniature_of_a_table_without_one_is_refused() -> None:
     ids=["job-checkpoints", "before-the-handler"],
 )
 def test_a_stop_signal_reaches_the_running_job_and_counts_as_a_stop(job: str) -> None:
-    import os
-    import threading
-
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), sweep.signal.SIGTERM))
-    timer.start()
+    timer = stop_in(1.0)
     try:
-        assert sweep.run_forwarding_stops(["-c", job]) == sweep.EXIT_PREEMPTED
+        assert sweep.run_forwarding_stops([["-c", job]]) == sweep.EXIT_PREEMPTED
     finally:
         timer.cancel()
 
 
+def test_concurrent_jobs_share_the_cores_and_all_stop_on_a_signal(tmp_path: Path) -> None:
+    job = (
+        "import os, signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(75));"
+        "open(sys.argv[1], 'w').write(os.environ['OMP_NUM_THREADS']); time.sleep(30)"
+    )
+    ended = []
+    env = sweep.thread_env(2)
+    timer = stop_in(3.0)  # the two first jobs sleep 30 s: both started only if they run at once
+    try:
+        code = sweep.run_forwarding_stops(
+            [["-c", job, str(tmp_path / str(i))] for i in range(3)], 2, lambda *a: ended.append(a) or 0, env
+        )
+    finally:
+        timer.cancel()
+    assert code == sweep.EXIT_PREEMPTED and sorted(ended) == [(0, 75, True), (1, 75, True)]
+    assert [(tmp_path / str(i)).exists() for i in range(3)] == [True, True, False]  # the third never started
+    assert (tmp_path / "0").read_text() == str(max(1, (sweep.os.cpu_count() or 1) // 2))
+
+
 def test_a_stopped_seed_ends_the_miniature_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    started = []
-    monkeypatch.setattr(sweep, "run_forwarding_stops", lambda command: started.append(command) or 75)
+    started = tmp_path / "started"
+    job = ["-c", f"import sys; open({str(started)!r}, 'a').write('x'); sys.exit(75)"]  # a job that checkpointed
+    monkeypatch.setattr(sweep, "sweep_command", lambda *args, **kwargs: job)
     monkeypatch.chdir(tmp_path)  # no runs/ here: nothing finished, nothing to evaluate
-    args = sweep.argparse.Namespace(seeds=[0, 1], overrides=[], records=tmp_path / "records", dry_run=False)
+    args = sweep.argparse.Namespace(seeds=[0, 1], overrides=[], records=tmp_path / "records", dry_run=False, jobs=1)
     (tmp_path / "records").mkdir()
     assert sweep.run_miniature("table6", sweep.table_experiments("table6", sweep.load_tables()), args) == 75
-    assert len(started) == 1 and "seed=choice(0)" in started[0]  # seed 1 never started
+    assert started.read_text() == "x"  # seed 1 never started
 
 
 def test_all_runs_every_miniature_table_in_order_until_one_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
