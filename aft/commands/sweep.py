@@ -187,23 +187,21 @@ def run_miniature(table: str, experiments: Sequence[str], args: argparse.Namespa
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     records = load_records(args.records)
-    units: list[tuple[list[str], list[str]]] = []  # (overrides, rows) of each multirun
-    commands: list[list[str]] = []
+    units: list[tuple[list[str], list[str], list[str]]] = []  # (overrides, rows, command) of each multirun
     for seed in args.seeds:
         pending = [name for name in names if not has_records(name, seed, records)]
         print(f"# seed {seed}: {len(names) - len(pending)} of {len(names)} rows have records")
+        overrides = [f"seed={seed}", *args.overrides]
         parts = [pending[i :: args.jobs] for i in range(min(args.jobs, len(pending)))]
         for i, rows in enumerate(parts):
-            overrides = [f"seed={seed}", *args.overrides]
-            name = f"mini-{table}-seed{seed}" + (f"-part{i}" if len(parts) > 1 else "")
-            commands.append(sweep_command(name, rows, overrides, launcher=None))
-            units.append((overrides, rows))
-            print(shlex.join(["python", *commands[-1]]), flush=True)
-    if args.dry_run or not commands:
+            sweep_dir = f"mini-{table}-seed{seed}" + (f"-part{i}" if len(parts) > 1 else "")
+            units.append((overrides, rows, sweep_command(sweep_dir, rows, overrides, launcher=None)))
+            print(shlex.join(["python", *units[-1][2]]), flush=True)
+    if args.dry_run or not units:
         return 0
 
     def evaluate(index: int, code: int, stopped: bool) -> int:
-        overrides, rows = units[index]
+        overrides, rows, _ = units[index]
         failed = 0
         for name in rows:
             run_dir = Path("runs") / run_name(name, overrides)
@@ -211,10 +209,11 @@ def run_miniature(table: str, experiments: Sequence[str], args: argparse.Namespa
                 if not stopped:
                     print(f"error: {run_dir} did not finish: see its log, then re-run this command", file=sys.stderr)
                 continue
-            evaluate = [*EVAL, f"run={run_dir}", f"out={args.records}"]
-            failed |= subprocess.run([sys.executable, *evaluate]).returncode
+            command = [*EVAL, f"run={run_dir}", f"out={args.records}"]
+            failed |= subprocess.run([sys.executable, *command]).returncode
         return failed
 
+    commands = [command for _, _, command in units]
     code = run_forwarding_stops(commands, args.jobs, evaluate, thread_env(args.jobs))
     if code == EXIT_PREEMPTED:
         print("stopped: the running jobs checkpointed, the same command resumes", file=sys.stderr)
