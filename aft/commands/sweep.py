@@ -5,12 +5,13 @@ runs instead, on this machine (Hydra's basic launcher, unless ``hydra/launcher=.
 multirun per seed of ``--seeds`` (``--jobs N``: N multiruns at once, each seed's rows dealt out among
 them, the cores shared out through OMP_NUM_THREADS), each finished run evaluated into ``--records``
 (``results/runs/miniature``); a (row, seed) that already has its records is skipped, so a re-run
-completes what is missing:
+completes what is missing. ``all`` puts every table's multiruns in one queue, so a job slot that one
+table leaves free takes the next table's first multirun, and a row two tables share trains once:
 
     python scripts/sweep.py table9 --miniature                # seeds 0 1 2
     python scripts/sweep.py table9 --miniature --jobs 2       # two jobs at once, one core each
     python scripts/sweep.py table5 --miniature --seeds 3 4    # two more seeds
-    python scripts/sweep.py all --miniature                   # every table's miniature, in order
+    python scripts/sweep.py all --miniature --jobs 2          # every table's, in order, in one queue
 
 A stop signal (SIGTERM, SIGUSR1, SIGUSR2) to this command reaches the running jobs, which checkpoint
 and exit 75 (aft/training/preemption.py); no other row or seed starts, and the same command resumes.
@@ -177,26 +178,40 @@ def thread_env(jobs: int) -> dict[str, str] | None:
     return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
 
 
-def run_miniature(table: str, experiments: Sequence[str], args: argparse.Namespace) -> int:
-    """Train the miniature of ``table`` for every seed without records, ``args.jobs`` multiruns at once (each
-    seed's pending rows dealt out among them), and evaluate each run as its multirun ends."""
-    from aft.commands.compare import load_records
+Unit = tuple[list[str], list[str], list[str]]  # (overrides, rows, command) of one miniature multirun
 
+
+def miniature_units(
+    table: str, experiments: Sequence[str], args: argparse.Namespace, records: dict[str, dict], queued: set
+) -> list[Unit]:
+    """The multiruns that train the miniature of ``table`` for every seed without ``records``: each seed's pending
+    rows dealt out among ``args.jobs`` multiruns, less the (row, seed) pairs already in ``queued`` (a row two
+    tables share is trained once), which it extends; each printed as it is made."""
     try:
         names = list(dict.fromkeys(canonical_miniature(table, name) for name in experiments))
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    records = load_records(args.records)
-    units: list[tuple[list[str], list[str], list[str]]] = []  # (overrides, rows, command) of each multirun
+    units: list[Unit] = []
     for seed in args.seeds:
-        pending = [name for name in names if not has_records(name, seed, records)]
-        print(f"# seed {seed}: {len(names) - len(pending)} of {len(names)} rows have records")
+        earlier = [name for name in names if (name, seed) in queued]
+        pending = [name for name in names if name not in earlier and not has_records(name, seed, records)]
+        queued.update((name, seed) for name in pending)
+        done = len(names) - len(pending) - len(earlier)
+        print(
+            f"# seed {seed}: {done} of {len(names)} rows have records"
+            + (f", {len(earlier)} queued by an earlier table" if earlier else "")
+        )
         overrides = [f"seed={seed}", *args.overrides]
         parts = [pending[i :: args.jobs] for i in range(min(args.jobs, len(pending)))]
         for i, rows in enumerate(parts):
             sweep_dir = f"mini-{table}-seed{seed}" + (f"-part{i}" if len(parts) > 1 else "")
             units.append((overrides, rows, sweep_command(sweep_dir, rows, overrides, launcher=None)))
             print(shlex.join(["python", *units[-1][2]]), flush=True)
+    return units
+
+
+def run_units(units: Sequence[Unit], args: argparse.Namespace) -> int:
+    """Run the multiruns ``units``, ``args.jobs`` at once in order, and evaluate each one's runs as it ends."""
     if args.dry_run or not units:
         return 0
 
@@ -221,15 +236,18 @@ def run_miniature(table: str, experiments: Sequence[str], args: argparse.Namespa
 
 
 def run_miniatures(names: Sequence[str], tables: dict[str, dict], args: argparse.Namespace) -> int:
-    """:func:`run_miniature` for each table of ``names`` in turn, until one is stopped by a signal."""
-    failed = 0
+    """Train and evaluate the miniatures of the tables ``names`` (:func:`miniature_units`), their multiruns in one
+    queue, in table order, so that a core freed by one table's last run takes the next table's first."""
+    from aft.commands.compare import load_records
+
+    records = load_records(args.records)
+    queued: set[tuple[str, int]] = set()
+    units: list[Unit] = []
     for table in names:
+        experiments = table_experiments(table, tables, args.tables)
         print(f"# {table}: {tables[table]['about']}", flush=True)
-        code = run_miniature(table, table_experiments(table, tables, args.tables), args)
-        if code == EXIT_PREEMPTED:
-            return code
-        failed |= code
-    return failed
+        units += miniature_units(table, experiments, args, records, queued)
+    return run_units(units, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,11 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: give at least 1")
     tables = load_tables(args.tables)
-    if args.table == "all" and args.miniature:
-        return run_miniatures(list(TABLE_RULES), tables, args)
-    experiments = table_experiments(args.table, tables, args.tables)
     if args.miniature:
-        return run_miniature(args.table, experiments, args)
+        return run_miniatures(list(TABLE_RULES) if args.table == "all" else [args.table], tables, args)
+    experiments = table_experiments(args.table, tables, args.tables)
     command = sweep_command(args.table, experiments, args.overrides)
     print(f"# {args.table}: {tables[args.table]['about']}; {len(experiments)} jobs")
     print(shlex.join(["python", *command]))

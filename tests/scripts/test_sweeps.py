@@ -98,7 +98,8 @@ def test_miniature_skips_the_rows_and_seeds_that_have_records(tmp_path: Path) ->
     records.mkdir()
     for path in (ROOT / "results" / "runs" / "miniature").glob("mini__table6__*_t2048-*.json"):
         shutil.copy(path, records)  # one row of Table 6's miniature, seeds 0 1 2
-    lines = dry_run("table6", "--miniature", "--seeds", "0", "3", "--records", str(records))
+    header, *lines = dry_run("table6", "--miniature", "--seeds", "0", "3", "--records", str(records))
+    assert header.startswith("# table6: AFT-local-32")
     rows = ["mini/table4/enwik8_aft_local32_l24_d256", "mini/table6/enwik8_aft_local32_l24_d256_t4096"]
     assert lines[0] == "# seed 0: 1 of 3 rows have records"  # Table 4's row of T = 1024 trains Table 6's too
     command = shlex.split(lines[1])
@@ -198,20 +199,22 @@ def test_a_stopped_seed_ends_the_miniature_sweep(tmp_path: Path, monkeypatch: py
     job = ["-c", f"import sys; open({str(started)!r}, 'a').write('x'); sys.exit(75)"]  # a job that checkpointed
     monkeypatch.setattr(sweep, "sweep_command", lambda *args, **kwargs: job)
     monkeypatch.chdir(tmp_path)  # no runs/ here: nothing finished, nothing to evaluate
-    args = sweep.argparse.Namespace(seeds=[0, 1], overrides=[], records=tmp_path / "records", dry_run=False, jobs=1)
     (tmp_path / "records").mkdir()
-    assert sweep.run_miniature("table6", sweep.table_experiments("table6", sweep.load_tables()), args) == 75
-    assert started.read_text() == "x"  # seed 1 never started
+    assert sweep.main(["all", "--miniature", "--seeds", "0", "1", "--records", str(tmp_path / "records")]) == 75
+    assert started.read_text() == "x"  # neither seed 1 nor any other table started
 
 
-def test_all_runs_every_miniature_table_in_order_until_one_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_all_queues_every_tables_rows_once_in_table_order(tmp_path: Path) -> None:
     from aft.miniature import TABLE_RULES
 
-    tables = []
-    monkeypatch.setattr(sweep, "run_miniature", lambda table, experiments, args: tables.append(table) or 0)
-    assert sweep.main(["all", "--miniature"]) == 0 and tables == list(TABLE_RULES)
-    tables.clear()
-    monkeypatch.setattr(
-        sweep, "run_miniature", lambda table, experiments, args: tables.append(table) or 75 * (table == "table3")
-    )
-    assert sweep.main(["all", "--miniature"]) == 75 and tables == ["table2", "table3"]
+    (tmp_path / "records").mkdir()
+    lines = dry_run("all", "--miniature", "--seeds", "0", "--jobs", "2", "--records", str(tmp_path / "records"))
+    tables = [line.split(":")[0][2:] for line in lines if line.startswith("# ") and not line.startswith("# seed")]
+    assert tables == list(TABLE_RULES)
+    commands = [shlex.split(line) for line in lines if line[0] != "#"]
+    order = [c[4].split("mini-", 1)[1].split("-seed")[0] for c in commands]
+    assert order == sorted(order, key=list(TABLE_RULES).index)  # one queue, table after table
+    rows = [row for c in commands for row in c[5].removeprefix("experiment=").split(",")]
+    assert len(rows) == len(set(rows))  # a row two tables share (Table 4's T = 1024 in Table 6) is queued once
+    assert "mini/table4/enwik8_aft_local32_l24_d256" in rows
+    assert "# seed 0: 0 of 3 rows have records, 1 queued by an earlier table" in lines  # Table 6's
