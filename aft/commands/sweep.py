@@ -182,7 +182,11 @@ Unit = tuple[list[str], list[str], list[str]]  # (overrides, rows, command) of o
 
 
 def miniature_units(
-    table: str, experiments: Sequence[str], args: argparse.Namespace, records: dict[str, dict], queued: set
+    table: str,
+    experiments: Sequence[str],
+    args: argparse.Namespace,
+    records: dict[str, dict],
+    queued: set[tuple[str, int]],
 ) -> list[Unit]:
     """The multiruns that train the miniature of ``table`` for every seed without ``records``: each seed's pending
     rows dealt out among ``args.jobs`` multiruns, less the (row, seed) pairs already in ``queued`` (a row two
